@@ -1,0 +1,13 @@
+"""`espfleet ca` (placeholder until its issue lands: it says so and fails)."""
+
+from __future__ import annotations
+
+import click
+
+from espfleet.errors import EspfleetError
+
+
+@click.command(name="ca")
+def ca() -> None:
+    """Not built yet."""
+    raise EspfleetError("'espfleet ca' is not built yet in this version of espfleet")

@@ -1,0 +1,13 @@
+"""`espfleet demo` (placeholder until its issue lands: it says so and fails)."""
+
+from __future__ import annotations
+
+import click
+
+from espfleet.errors import EspfleetError
+
+
+@click.command(name="demo")
+def demo() -> None:
+    """Not built yet."""
+    raise EspfleetError("'espfleet demo' is not built yet in this version of espfleet")

@@ -1,0 +1,13 @@
+"""`espfleet vdev` (placeholder until its issue lands: it says so and fails)."""
+
+from __future__ import annotations
+
+import click
+
+from espfleet.errors import EspfleetError
+
+
+@click.command(name="vdev")
+def vdev() -> None:
+    """Not built yet."""
+    raise EspfleetError("'espfleet vdev' is not built yet in this version of espfleet")
