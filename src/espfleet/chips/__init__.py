@@ -83,6 +83,9 @@ class ChipFacts:
     download_lock_fields: tuple[str, ...]
     #: Flash sizes the default partition layout supports.
     flash_sizes: tuple[str, ...] = ("2MB", "4MB", "8MB", "16MB")
+    #: Write protections that must come AFTER the download-lock burn, because they also
+    #: lock it (ESP32: WR_DIS of FLASH_CRYPT_CNT also write-protects UART_DOWNLOAD_DIS).
+    write_protect_after_download_lock: tuple[str, ...] = ()
 
     @property
     def key_block_for_xts_forbidden(self) -> tuple[str, ...]:
@@ -131,6 +134,7 @@ CHIPS: dict[str, ChipFacts] = {
         release_write_protect=("RD_DIS", "FLASH_CRYPT_CNT"),
         rd_dis_field="RD_DIS",
         download_lock_fields=("UART_DOWNLOAD_DIS",),
+        write_protect_after_download_lock=("FLASH_CRYPT_CNT",),
     ),
     "esp32s3": ChipFacts(
         name="esp32s3",
