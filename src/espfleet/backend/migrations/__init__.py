@@ -1,0 +1,1 @@
+"""Alembic migrations of the registry, run from the package (no alembic.ini needed)."""
