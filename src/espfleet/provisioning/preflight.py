@@ -1,0 +1,172 @@
+"""Pre-flight checks of ``espfleet flash``: pure functions over what the chip reported.
+
+Nothing here talks to a port. Given the bundle's expectations, the chip's identity
+and a snapshot of its eFuses, :func:`check_identity` refuses the wrong chip, and
+:func:`assess_steps` decides, for every eFuse step of the plan, whether the chip
+already holds it (skip it: never burn twice) or still needs it, and refuses a chip
+whose eFuses conflict with the plan before anything irreversible happens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from espfleet.chips import chip_facts
+from espfleet.errors import FlashError
+from espfleet.provisioning.efuse_plan import EfusePlan, EfuseStep
+from espfleet.provisioning.espefuse_driver import EfuseState
+from espfleet.provisioning.esptool_driver import ChipIdentity
+
+__all__ = ["StepCheck", "assess_steps", "check_identity", "normalize_mac", "pending"]
+
+#: Key purposes that mean "no key here".
+_FREE_PURPOSES = ("USER", "0", "None", "")
+
+
+@dataclass(frozen=True)
+class StepCheck:
+    """One plan step and whether the chip already holds it."""
+
+    step: EfuseStep
+    done: bool
+    note: str = ""
+
+
+def normalize_mac(mac: bytes | str) -> bytes:
+    """6 MAC bytes from bytes, ``24:a1:60:0a:1b:2c``, ``24-a1-..`` or 12 hex digits."""
+    if isinstance(mac, bytes):
+        raw = mac
+    else:
+        try:
+            raw = bytes.fromhex(mac.replace(":", "").replace("-", "").strip())
+        except ValueError:
+            raw = b""
+    if len(raw) != 6:
+        raise FlashError(f"{mac!r} is not a MAC address: the bundle manifest is damaged")
+    return raw
+
+
+def check_identity(
+    *, device_id: str, chip: str, mac: bytes, identity: ChipIdentity, port: str
+) -> None:
+    """Refuse a chip that is not the one the bundle was built for."""
+    facts = chip_facts(chip)
+    if identity.chip != facts.name:
+        raise FlashError(
+            f"wrong chip on {port}: {device_id}'s bundle is for an {facts.name} but the chip "
+            f"is an {identity.chip}: connect the {facts.name} board, or provision a bundle for "
+            f"this chip with `espfleet provision`; nothing was changed"
+        )
+    if identity.revision < facts.sb_v2_min_revision:
+        need = f"v{facts.sb_v2_min_revision // 100}.{facts.sb_v2_min_revision % 100}"
+        raise FlashError(
+            f"the {facts.name} on {port} is revision {identity.revision_text}, below {need} "
+            f"which Secure Boot V2 needs: use a {facts.name} of revision {need} or newer "
+            "(ECO3, e.g. an ESP32-D0WD-V3 module); nothing was changed"
+        )
+    if identity.mac != mac:
+        raise FlashError(
+            f"the chip on {port} has MAC {identity.mac_text}, not {device_id}'s "
+            f"{':'.join(f'{b:02x}' for b in mac)}: this is another device; flash the bundle "
+            f"made for it (espfleet flash {identity.chip}-{identity.mac.hex()}) or provision "
+            "one with `espfleet provision --macs`; nothing was changed"
+        )
+
+
+def assess_steps(
+    plan: EfusePlan, state: EfuseState, *, digest: bytes, resuming: bool
+) -> tuple[StepCheck, ...]:
+    """Decide per step: already done, or to do. Raises :class:`FlashError` on a conflict.
+
+    ``resuming`` means this host's journal records that an earlier ``espfleet flash``
+    of this very chip started burning the plan; only then is a used key block taken
+    for this device's key (a read-protected key cannot be compared).
+    """
+    facts = chip_facts(plan.chip)
+    _check_secure_boot(plan, state, digest)
+    counter = state.get(facts.crypt_cnt_field)
+    if bin(counter.as_int).count("1") % 2 == 1 and not resuming:
+        raise FlashError(
+            f"eFuse {facts.crypt_cnt_field} is already {counter.as_int:#x} (odd): flash "
+            "encryption is already on with a key espfleet did not burn, so this device's "
+            "pre-encrypted images would not decrypt. Use a fresh chip; nothing was changed"
+        )
+    return tuple(_assess(step, state, digest=digest, resuming=resuming) for step in plan.steps)
+
+
+def pending(checks: Sequence[StepCheck], phase: str) -> tuple[EfuseStep, ...]:
+    return tuple(c.step for c in checks if c.step.phase == phase and not c.done)
+
+
+def _check_secure_boot(plan: EfusePlan, state: EfuseState, digest: bytes) -> None:
+    facts = chip_facts(plan.chip)
+    if state.get(facts.sb_enable_field).is_blank:
+        return
+    slots = [s.target for s in plan.steps if s.action == "burn_key_digest"]
+    if any(state.get(slot).raw == digest for slot in slots):
+        return
+    raise FlashError(
+        f"secure boot is already on ({facts.sb_enable_field}) with another public-key "
+        "digest: this chip only boots images signed by someone else's key, and espfleet "
+        "cannot change that. Use a fresh chip; nothing was changed"
+    )
+
+
+def _assess(step: EfuseStep, state: EfuseState, *, digest: bytes, resuming: bool) -> StepCheck:
+    target = state.get(step.target)
+    if step.action == "write_protect_efuse":
+        return StepCheck(step, done=not target.writeable)
+    if step.action == "read_protect_efuse":
+        return StepCheck(step, done=not target.readable)
+    if step.action == "burn_efuse":
+        return _assess_field(step, state)
+    return _assess_key(step, state, digest=digest, resuming=resuming)
+
+
+def _assess_field(step: EfuseStep, state: EfuseState) -> StepCheck:
+    target = state.get(step.target)
+    want = step.value or 0
+    have = target.as_int
+    if have == want:
+        return StepCheck(step, done=True, note=f"already {have:#x}")
+    if have & ~want:
+        raise FlashError(
+            f"eFuse {step.target} is already {have:#x}, and eFuse bits cannot be cleared to "
+            f"reach the plan's {want:#x}: this chip was configured by something else. Use a "
+            "fresh chip; nothing was changed"
+        )
+    if not target.writeable:
+        raise FlashError(
+            f"eFuse {step.target} is {have:#x} and write-protected, so the plan's {want:#x} "
+            "can never be burned. Use a fresh chip; nothing was changed"
+        )
+    return StepCheck(step, done=False)
+
+
+def _assess_key(step: EfuseStep, state: EfuseState, *, digest: bytes, resuming: bool) -> StepCheck:
+    block = state.get(step.target)
+    purpose = state.purpose_of(step.target)
+    purpose_used = purpose is not None and purpose not in _FREE_PURPOSES
+    ours_purpose = purpose is None or purpose.startswith(step.purpose or "")
+    if step.action == "burn_key_digest":
+        if block.readable and block.raw == digest and ours_purpose:
+            return StepCheck(step, done=True, note="digest already burned")
+        used = purpose_used or not block.is_blank or not block.readable
+    else:
+        used = purpose_used or not block.is_blank or not block.readable or not block.writeable
+        if used and resuming and ours_purpose and not block.readable:
+            return StepCheck(step, done=True, note="key burned by the earlier run")
+    if used:
+        what = f" (purpose {purpose})" if purpose_used else ""
+        raise FlashError(
+            f"key block {step.target} is already used{what}: {step.describe()} needs a blank "
+            "block. This chip holds a key espfleet did not burn; use a fresh chip. Nothing "
+            "was changed"
+        )
+    if not block.writeable:
+        raise FlashError(
+            f"key block {step.target} is write-protected: it can never take "
+            f"{step.source}. Use a fresh chip; nothing was changed"
+        )
+    return StepCheck(step, done=False)
