@@ -1,0 +1,103 @@
+"""The flash-encryption engine: which key the AES hardware holds, and the math.
+
+The key comes from the eFuse *hardware shadow* (see :mod:`espfleet.device.efuse`),
+never from the register view: a read-protected key reads as zeros to software but
+the engine still has it. The math is espfleet's format codec
+(:mod:`espfleet.formats.flash_encryption`) when present, else espsecure behind the
+same signature.
+"""
+
+from __future__ import annotations
+
+import importlib
+import io
+from collections.abc import Callable
+from typing import Protocol
+
+from espfleet.chips import chip_facts
+from espfleet.device.efuse import EfuseController
+from espfleet.errors import DeviceError
+
+__all__ = ["KeyPurposes", "alignment", "crypt", "engine_key", "flash_crypt_config"]
+
+
+class _Codec(Protocol):
+    def __call__(
+        self, data: bytes, key: bytes, address: int, chip: str, flash_crypt_conf: int
+    ) -> bytes: ...
+
+
+#: XTS chips: KEY_PURPOSE_n values the engine takes keys from (espefuse's numbering).
+class KeyPurposes:
+    XTS_AES_256_KEY_1 = 2
+    XTS_AES_256_KEY_2 = 3
+    XTS_AES_128_KEY = 4
+
+
+def alignment(chip: str) -> int:
+    """Write granularity of the engine: 32 bytes (ESP32 AES blocks) or 16 (XTS)."""
+    return 32 if chip_facts(chip).encryption_scheme == "esp32-aes256" else 16
+
+
+def flash_crypt_config(efuse: EfuseController) -> int:
+    """FLASH_CRYPT_CONFIG as the engine uses it (0xF on XTS chips: not applicable)."""
+    field = chip_facts(efuse.chip).crypt_config_field
+    return efuse.get(field, hardware=True) if field else 0xF
+
+
+def engine_key(efuse: EfuseController) -> bytes | None:
+    """The flash-encryption key the engine holds, in key-file byte order, or None."""
+    facts = chip_facts(efuse.chip)
+    if facts.encryption_scheme == "esp32-aes256":
+        block = efuse.block_bytes(facts.fe_key_blocks[0], hardware=True)
+        return None if not any(block) else block[::-1]
+    by_purpose: dict[int, bytes] = {}
+    for n in range(6):
+        purpose = efuse.get(f"KEY_PURPOSE_{n}", hardware=True)
+        by_purpose.setdefault(purpose, efuse.block_bytes(f"BLOCK_KEY{n}", hardware=True)[::-1])
+    if KeyPurposes.XTS_AES_128_KEY in by_purpose:
+        return by_purpose[KeyPurposes.XTS_AES_128_KEY]
+    if KeyPurposes.XTS_AES_256_KEY_1 in by_purpose and KeyPurposes.XTS_AES_256_KEY_2 in by_purpose:
+        return by_purpose[KeyPurposes.XTS_AES_256_KEY_1] + by_purpose[KeyPurposes.XTS_AES_256_KEY_2]
+    return None
+
+
+def _espsecure(decrypt: bool) -> _Codec:
+    def run(data: bytes, key: bytes, address: int, chip: str, flash_crypt_conf: int) -> bytes:
+        import espsecure
+
+        xts = chip_facts(chip).encryption_scheme == "xts-aes"
+        out = io.BytesIO()
+        func = espsecure.decrypt_flash_data if decrypt else espsecure.encrypt_flash_data
+        func(io.BytesIO(key), out, address, flash_crypt_conf, xts, io.BytesIO(data))
+        return out.getvalue()[: len(data)]
+
+    return run
+
+
+def _codec(decrypt: bool) -> _Codec:
+    try:
+        module = importlib.import_module("espfleet.formats.flash_encryption")
+        func: _Codec = module.decrypt if decrypt else module.encrypt
+        return func
+    except (ImportError, AttributeError):
+        return _espsecure(decrypt)
+
+
+def crypt(
+    efuse: EfuseController, address: int, data: bytes, *, decrypt: bool
+) -> bytes:
+    """Run ``data`` at flash ``address`` through the engine with the chip's key."""
+    key = engine_key(efuse)
+    if key is None:
+        raise DeviceError(
+            "no flash-encryption key is burned in eFuse: the engine has nothing to use; "
+            "burn the key (espefuse burn-key) before enabling flash encryption"
+        )
+    align = alignment(efuse.chip)
+    if address % align or len(data) % align:
+        raise DeviceError(
+            f"flash-encryption access {address:#x}+{len(data):#x} is not {align}-byte aligned"
+        )
+    codec: Callable[..., bytes] = _codec(decrypt)
+    return codec(data, key, address, efuse.chip, flash_crypt_config(efuse))
