@@ -20,7 +20,13 @@ from espfleet.device_id import parse_device_id
 from espfleet.errors import InputError, PkiError
 from espfleet.pki.crl import RevokedEntry, build_crl
 from espfleet.pki.csr import check_csr
-from espfleet.pki.keys import PrivateKey, generate_ec_key, plain_private_key_pem, public_key_pem
+from espfleet.pki.keys import (
+    PrivateKey,
+    encrypt_private_key,
+    generate_ec_key,
+    plain_private_key_pem,
+    public_key_pem,
+)
 from espfleet.pki.profiles import (
     PublicKey,
     device_certificate,
@@ -89,6 +95,14 @@ class IssuedCert:
     @property
     def serial_hex(self) -> str:
         return format_serial(self.serial)
+
+    def encrypted_key_pem(self, passphrase: bytes) -> bytes:
+        """The generated key as encrypted PEM (for storing inside the workspace)."""
+        if self.key_pem is None:
+            raise PkiError(f"the certificate of {self.subject} was issued for an outside key")
+        key = serialization.load_pem_private_key(self.key_pem, None)
+        assert isinstance(key, PrivateKey)
+        return encrypt_private_key(key, passphrase)
 
     @property
     def certificate(self) -> x509.Certificate:

@@ -1,0 +1,157 @@
+"""The workspace's issuing CA: pure issuing plus the registry and CRL bookkeeping.
+
+:meth:`IssuingAuthority.issue_device_cert` is the pure, cheap call (no file, no
+database); :meth:`IssuingAuthority.record` writes the registry; :meth:`revoke` updates
+the registry and re-signs ``pki/crl.pem`` in one step (if the CRL cannot be written
+the registry change is rolled back).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from pathlib import Path
+
+from cryptography import x509
+
+from espfleet._io import atomic_write
+from espfleet.backend.registry import CertRecord, Registry
+from espfleet.device_id import parse_device_id
+from espfleet.errors import InputError
+from espfleet.pki.ca import CertificateAuthority, IssuedCert, format_serial, parse_serial, utcnow
+from espfleet.pki.crl import REVOCATION_REASONS, RevokedEntry, crl_number, load_crl, verify_crl
+from espfleet.pki.profiles import PublicKey
+from espfleet.pki.store import read_bytes
+
+__all__ = ["IssuingAuthority"]
+
+
+class IssuingAuthority:
+    """Loaded CA keys of a workspace (from :meth:`Workspace.ca`). Close it when done."""
+
+    def __init__(
+        self, authority: CertificateAuthority, *, crl_path: Path, registry_url: str, chip: str
+    ) -> None:
+        self.authority = authority
+        self._crl_path = crl_path
+        self._registry_url = registry_url
+        self._chip = chip
+        self._registry: Registry | None = None
+
+    def __enter__(self) -> IssuingAuthority:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._registry is not None:
+            self._registry.close()
+            self._registry = None
+
+    @property
+    def registry(self) -> Registry:
+        if self._registry is None:
+            self._registry = Registry.open(self._registry_url)
+        return self._registry
+
+    @property
+    def root_cert(self) -> x509.Certificate:
+        return self.authority.root_cert
+
+    @property
+    def issuing_cert(self) -> x509.Certificate:
+        return self.authority.issuing_cert
+
+    def chain_pem(self) -> bytes:
+        return self.authority.chain_pem()
+
+    def issue_device_cert(
+        self,
+        device_id: str,
+        *,
+        public_key: PublicKey | None = None,
+        csr: x509.CertificateSigningRequest | None = None,
+        now: dt.datetime | None = None,
+    ) -> IssuedCert:
+        """Pure: see :meth:`CertificateAuthority.issue_device_cert`. Nothing is recorded."""
+        return self.authority.issue_device_cert(device_id, public_key=public_key, csr=csr, now=now)
+
+    def issue_server_cert(
+        self, common_name: str, hosts: Sequence[str], *, now: dt.datetime | None = None
+    ) -> IssuedCert:
+        return self.authority.issue_server_cert(common_name, hosts, now=now)
+
+    def record(self, issued: IssuedCert, *, renew: bool = False) -> CertRecord:
+        """Register ``issued`` as the device's active certificate (``renew`` supersedes the
+        previous one; without it an active certificate is an error)."""
+        parsed = parse_device_id(issued.subject)
+        return self.registry.add_certificate(
+            serial=issued.serial_hex,
+            device_id=issued.subject,
+            not_before=issued.not_before,
+            not_after=issued.not_after,
+            fingerprint_sha256=issued.fingerprint_sha256,
+            kind=issued.kind,
+            chip=parsed.chip or self._chip,
+            mac=parsed.mac.hex() if parsed.mac is not None else None,
+            supersede=renew,
+        )
+
+    def resolve_serial(self, target: str) -> str:
+        """``target`` as the registry key: a device id as is, a serial canonicalised."""
+        if self.registry.get_device(target) is not None:
+            return target
+        try:
+            return format_serial(parse_serial(target))
+        except InputError:
+            raise InputError(
+                f"{target!r} is neither a device id nor a certificate serial in the registry: "
+                "check it with `espfleet cert list`"
+            ) from None
+
+    def revoke(
+        self, target: str, reason: str = "unspecified", *, now: dt.datetime | None = None
+    ) -> list[CertRecord]:
+        """Revoke by serial or device id, and publish the new CRL (pki/crl.pem)."""
+        if reason not in REVOCATION_REASONS:
+            raise InputError(
+                f"unknown revocation reason {reason!r}: use one of {', '.join(REVOCATION_REASONS)}"
+            )
+        stamp = now or utcnow()
+        number = self._current_crl_number() + 1
+
+        def publish(revoked: Sequence[CertRecord]) -> None:
+            atomic_write(self._crl_path, self._sign(revoked, number, stamp))
+
+        return self.registry.revoke(
+            self.resolve_serial(target), reason, now=stamp, before_commit=publish
+        )
+
+    def regenerate_crl(self, *, now: dt.datetime | None = None) -> bytes:
+        """Re-sign the CRL from the registry (e.g. before nextUpdate) and write it."""
+        stamp = now or utcnow()
+        data = self._sign(
+            self.registry.certificates(status="revoked"), self._current_crl_number() + 1, stamp
+        )
+        atomic_write(self._crl_path, data)
+        return data
+
+    def crl_pem(self) -> bytes:
+        return read_bytes(self._crl_path, name="pki/crl.pem")
+
+    def _current_crl_number(self) -> int:
+        crl = load_crl(self.crl_pem(), name="pki/crl.pem")
+        verify_crl(crl, self.issuing_cert)
+        return crl_number(crl)
+
+    def _sign(self, revoked: Sequence[CertRecord], number: int, now: dt.datetime) -> bytes:
+        entries = [
+            RevokedEntry(
+                serial=int(record.serial, 16),
+                revoked_at=record.revoked_at or now,
+                reason=record.revocation_reason or "unspecified",
+            )
+            for record in revoked
+        ]
+        return self.authority.sign_crl(entries, number=number, now=now)
