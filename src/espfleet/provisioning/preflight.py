@@ -104,7 +104,7 @@ def _check_secure_boot(plan: EfusePlan, state: EfuseState, digest: bytes) -> Non
     if state.get(facts.sb_enable_field).is_blank:
         return
     slots = [s.target for s in plan.steps if s.action == "burn_key_digest"]
-    if any(state.get(slot).raw == digest for slot in slots):
+    if not slots or any(state.get(slot).raw == digest for slot in slots):
         return
     raise FlashError(
         f"secure boot is already on ({facts.sb_enable_field}) with another public-key "
