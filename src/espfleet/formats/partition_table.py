@@ -65,7 +65,7 @@ MAGIC = b"\xaa\x50"
 MD5_ROW_PREFIX = b"\xeb\xeb" + b"\xff" * 14
 END_ROW = b"\xff" * 32
 #: Entries that fit with the MD5 row and an end marker (gen_esp32part refuses more).
-MAX_ENTRIES = (TABLE_LENGTH - 2 * ENTRY.size) // ENTRY.size - 1
+MAX_ENTRIES = TABLE_LENGTH // ENTRY.size - 2
 FLAG_ENCRYPTED = 1 << 0
 FLAG_READONLY = 1 << 1
 APP_ALIGN = 0x10000
@@ -353,10 +353,9 @@ def decode(data: bytes, *, require_md5: bool = False) -> PartitionTable:
     md5 = hashlib.md5()
     entries: list[Partition] = []
     md5_seen = False
-    limit = min(len(data), TABLE_LENGTH)
     off = 0
-    for index, off in enumerate(range(0, limit + 1, ENTRY.size)):
-        row = data[off : off + ENTRY.size] if off < limit else b""
+    for index, off in enumerate(range(0, TABLE_LENGTH, ENTRY.size)):
+        row = data[off : off + ENTRY.size]
         where = f"partition table row {index} at offset {off:#x}"
         if row == END_ROW or (not row and off == len(data)):
             if require_md5 and not md5_seen:
@@ -382,9 +381,9 @@ def decode(data: bytes, *, require_md5: bool = False) -> PartitionTable:
         entries.append(_decode_entry(row, index, off))
         md5.update(row)
     raise FormatError(
-        f"partition table at offset {off:#x}: no end-of-table marker within {TABLE_LENGTH:#x} "
-        "bytes: not a partition table, or truncated",
-        off,
+        f"partition table at offset {TABLE_LENGTH:#x}: no end-of-table marker within "
+        f"{TABLE_LENGTH:#x} bytes: not a partition table",
+        TABLE_LENGTH,
     )
 
 
