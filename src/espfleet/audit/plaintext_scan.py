@@ -8,7 +8,6 @@ so an NVS page counts as readable only when its *entries* check out.
 
 from __future__ import annotations
 
-import hashlib
 import re
 import struct
 import zlib
@@ -16,7 +15,10 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from espfleet.audit.findings import Finding, Severity
+from espfleet.audit.secrets_scan import redact
 from espfleet.chips import CHIPS
+from espfleet.errors import FormatError
+from espfleet.formats import nvs, partition_table
 
 __all__ = ["NvsEntry", "nvs_entries", "scan_plaintext_structures"]
 
@@ -30,10 +32,8 @@ _FIX_NVS = (
 )
 
 PAGE = 4096
-_PT_ENTRY = struct.Struct("<2sBBII16sI")
-_PT_MAGIC = b"\xaa\x50"
-_PT_MD5_MARKER = b"\xeb\xeb" + b"\xff" * 14
-_PT_MAX_ENTRIES = 95  # 0xC00 bytes of table, one row for the MD5
+_PT_MAGIC = b"\xaa\x50"  # partition_table.MAGIC
+_PT_MD5_ROW = b"\xeb\xeb"
 
 _IMAGE_MAGIC = 0xE9
 _APP_DESC_MAGIC = 0xABCD5432
@@ -62,31 +62,43 @@ def scan_plaintext_structures(data: bytes, bootloader_offsets: Sequence[int]) ->
     ]
 
 
+def _table_rows_end(data: bytes, offset: int) -> int:
+    """End of the AA 50 rows at ``offset`` plus an MD5 row right after them, if any."""
+    end = offset
+    limit = min(len(data), offset + partition_table.TABLE_LENGTH)
+    while end + 32 <= limit and data[end : end + 2] == _PT_MAGIC:
+        end += 32
+    if end + 32 <= limit and data[end : end + 2] == _PT_MD5_ROW:
+        end += 32
+    return end
+
+
 def _partition_tables(data: bytes) -> Iterator[Finding]:
     for offset in range(0, len(data) - 32, PAGE):
         if data[offset : offset + 2] != _PT_MAGIC:
             continue
-        names = []
-        row = offset
-        while row + 32 <= len(data) and data[row : row + 2] == _PT_MAGIC:
-            names.append(_PT_ENTRY.unpack_from(data, row)[5].rstrip(b"\x00").decode(
-                "ascii", "replace"))
-            row += 32
-            if len(names) > _PT_MAX_ENTRIES:
-                break
-        md5_ok = (
-            data[row : row + 16] == _PT_MD5_MARKER
-            and data[row + 16 : row + 32] == hashlib.md5(data[offset:row]).digest()
-        )
-        if not md5_ok and len(names) < 2:
-            continue  # one stray AA 50 in ciphertext is chance; a table has rows or an MD5
+        end = _table_rows_end(data, offset)
+        # What follows the table (0xFF, or garbage in a tampered dump) is not decoded.
+        try:
+            table = partition_table.decode(data[offset:end])
+        except FormatError as error:
+            if "MD5 mismatch" not in str(error):
+                continue
+            detail = f"corrupt: {error}"
+        else:
+            md5 = data[end - 32 : end - 30] == _PT_MD5_ROW
+            if len(table.entries) < 2 and not md5:
+                continue  # one stray AA 50 row in ciphertext is chance, not a table
+            names = ", ".join(p.name for p in table.entries)
+            detail = f"{len(table.entries)} partitions: {names}" + (
+                "; MD5 row valid" if md5 else "; no MD5 row"
+            )
         yield Finding(
             Severity.HIGH,
             "plaintext-partition-table",
             offset,
-            row - offset + (32 if md5_ok else 0),
-            f"plaintext partition table ({len(names)} partitions: {', '.join(names)}"
-            f"{'; MD5 row valid' if md5_ok else '; no valid MD5 row'})",
+            end - offset,
+            f"plaintext partition table ({detail})",
             _FIX_FLASH_ENCRYPTION,
         )
 
@@ -199,6 +211,17 @@ def nvs_entries(data: bytes, page: int) -> list[NvsEntry]:
     return entries
 
 
+def _strict_read(region: bytes) -> str:
+    """What espfleet's strict NVS reader makes of the region, for the report."""
+    try:
+        namespaces = nvs.read(region)
+    except FormatError as error:
+        return f"the strict reader stops: {error}"
+    return "namespaces: " + ", ".join(
+        f"{name} ({len(keys)} keys)" for name, keys in namespaces.items()
+    )
+
+
 def _nvs(data: bytes) -> Iterator[Finding]:
     region_start: int | None = None
     region_entries: list[NvsEntry] = []
@@ -212,7 +235,8 @@ def _nvs(data: bytes) -> Iterator[Finding]:
             region_start,
             end - region_start,
             f"NVS readable without keys: {len(region_entries)} entries in plaintext"
-            + (f", {len(secrets)} of them look secret" if secrets else ""),
+            + (f", {len(secrets)} of them look secret" if secrets else "")
+            + f" ({_strict_read(data[region_start:end])})",
             _FIX_NVS,
         )
         for entry in secrets:
@@ -222,7 +246,9 @@ def _nvs(data: bytes) -> Iterator[Finding]:
                 entry.offset,
                 32 + len(entry.value),
                 f"plaintext NVS entry {entry.key!r} (type 0x{entry.type:02x}, "
-                f"{len(entry.value)} bytes) holds what its name says is a secret",
+                f"{len(entry.value)} bytes) holds what its name says is a secret"
+                + (f": {redact(entry.value.rstrip(bytes(1)))}"
+                   if entry.type == _NVS_STRING else ""),
                 _FIX_NVS,
             )
 

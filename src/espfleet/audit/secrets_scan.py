@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.serialization import (
 
 from espfleet.audit.findings import Finding, Severity
 
-__all__ = ["KnownSecret", "scan_known_secrets", "scan_secrets"]
+__all__ = ["KnownSecret", "redact", "scan_known_secrets", "scan_secrets"]
 
 _FIX_KEY = (
     "treat this key as leaked and replace it; keep private keys only in encrypted NVS "
@@ -222,7 +222,7 @@ def _regex_detector(
 def _match_finding(
     severity: Severity, kind: str, start: int, text: bytes, what: str, fix: str
 ) -> Finding:
-    return Finding(severity, kind, start, len(text), f"{what}: {_redact(text)}", fix)
+    return Finding(severity, kind, start, len(text), f"{what}: {redact(text)}", fix)
 
 
 def _aws_keys(data: bytes, lowered: bytes) -> Iterator[Finding]:
@@ -269,12 +269,12 @@ def _keyed_secrets(data: bytes, lowered: bytes) -> Iterator[Finding]:
             match.start(group),
             len(value),
             f"a value next to the key {key!r} that looks like a password: "
-            f"{_redact(value)}",
+            f"{redact(value)}",
             _FIX_PASSWORD,
         )
 
 
-def _redact(secret: bytes) -> str:
+def redact(secret: bytes) -> str:
     """Enough of a secret to recognise it in a report, not enough to use it."""
     text = secret.decode("ascii", "replace")
     if len(text) <= 8:
