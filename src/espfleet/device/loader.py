@@ -199,10 +199,7 @@ class RomLoader:
 
     def write_register(self, addr: int, value: int, mask: int) -> None:
         if self.chip.efuse.contains(addr):
-            before = self.chip.efuse.file_bytes()
             self.chip.efuse.write_reg(addr, value, mask)
-            if self.chip.efuse.file_bytes() != before:
-                self._note(f"eFuse controller register {addr:#x} <- {value:#x}")
             return
         old = self._regs.get(addr, self._register_default(addr))
         self._regs[addr] = (old & ~mask) | (value & mask)
