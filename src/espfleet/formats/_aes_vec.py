@@ -1,0 +1,255 @@
+"""AES-256 over many blocks, each with its own key, vectorised with numpy.
+
+ESP32 flash encryption changes the AES key every 32 bytes of flash, so the usual
+"one cipher object, many blocks" shape of a crypto library does not fit: creating a
+cipher per 32 bytes is what makes espsecure slow. Here the key schedule of every
+key and the rounds of every block run at once, as table lookups over numpy arrays
+(the classic 32-bit T-table formulation of AES, FIPS-197 section 5 and the
+reference ``rijndael-alg-fst.c``). Pure numpy: no compiler is needed anywhere.
+
+Words are AES big-endian column words held in int64 arrays, so that shifting and
+masking give indices numpy can gather with at full speed.
+
+This is a hazardous-materials layer: plain AES-ECB with caller-supplied keys, no
+mode, no padding. :mod:`espfleet.formats.flash_encryption` is the user of it.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = ["aes256_decrypt_blocks", "aes256_encrypt_blocks"]
+
+Words = npt.NDArray[np.int64]
+
+_ROUNDS: Final = 14
+_KEY_WORDS: Final = 8
+
+
+def _xtime(x: int) -> int:
+    x <<= 1
+    return (x ^ 0x11B) if x & 0x100 else x
+
+
+def _gmul(a: int, b: int) -> int:
+    result = 0
+    while b:
+        if b & 1:
+            result ^= a
+        a = _xtime(a)
+        b >>= 1
+    return result
+
+
+def _sbox() -> list[int]:
+    """The AES S-box from its definition: inverse in GF(2^8), then the affine map."""
+    inverse = [0] * 256
+    for x in range(1, 256):
+        for y in range(1, 256):
+            if _gmul(x, y) == 1:
+                inverse[x] = y
+                break
+    box = []
+    for x in range(256):
+        b = inverse[x]
+        s = b
+        for shift in range(1, 5):
+            s ^= ((b << shift) | (b >> (8 - shift))) & 0xFF
+        box.append(s ^ 0x63)
+    return box
+
+
+def _word(b0: int, b1: int, b2: int, b3: int) -> int:
+    return (b0 << 24) | (b1 << 16) | (b2 << 8) | b3
+
+
+def _rotations(table0: list[int]) -> tuple[Words, Words, Words, Words]:
+    """T0..T3, each the previous one rotated right by a byte."""
+    tables = [table0]
+    for _ in range(3):
+        tables.append([((w >> 8) | (w << 24)) & 0xFFFFFFFF for w in tables[-1]])
+    arrays = [np.array(t, dtype=np.int64) for t in tables]
+    return arrays[0], arrays[1], arrays[2], arrays[3]
+
+
+def _shifted(box: list[int]) -> tuple[Words, Words, Words, Words]:
+    """The S-box placed in byte 0..3 of a word (for the last round and SubWord)."""
+    base = np.array(box, dtype=np.int64)
+    return base << 24, base << 16, base << 8, base
+
+
+_Tables = tuple[Words, Words, Words, Words]
+
+_SBOX: Final = _sbox()
+_INV_SBOX: Final = [_SBOX.index(x) for x in range(256)]
+_TE: Final = _rotations([_word(_gmul(s, 2), s, s, _gmul(s, 3)) for s in _SBOX])
+_TD: Final = _rotations(
+    [_word(_gmul(s, 14), _gmul(s, 9), _gmul(s, 13), _gmul(s, 11)) for s in _INV_SBOX]
+)
+#: InvMixColumns of a word holding byte x in row 0..3 (and zeros elsewhere).
+_IMC: Final = _rotations(
+    [_word(_gmul(x, 14), _gmul(x, 9), _gmul(x, 13), _gmul(x, 11)) for x in range(256)]
+)
+_S: Final = _shifted(_SBOX)
+_SI: Final = _shifted(_INV_SBOX)
+#: InvMixColumns(SubWord(...)) for the mixed key schedule.
+_IMC_S: Final[_Tables] = (
+    np.take(_IMC[0], _SBOX),
+    np.take(_IMC[1], _SBOX),
+    np.take(_IMC[2], _SBOX),
+    np.take(_IMC[3], _SBOX),
+)
+_RCON: Final = (0x01, 0x02, 0x04, 0x08, 0x10, 0x20, 0x40)
+_BYTE: Final = 0xFF
+#: Keys per pass: small enough that the working set stays in the CPU caches, large
+#: enough that numpy's per-call cost vanishes.
+_CHUNK: Final = 4096
+#: Output column c takes row r from input column (c + shift[r]) % 4 (ShiftRows).
+_ENC_SHIFT: Final = (0, 1, 2, 3)
+_DEC_SHIFT: Final = (0, 3, 2, 1)
+
+
+def _bytes_of(w: Words) -> tuple[Words, Words, Words, Words]:
+    return w >> 24, (w >> 16) & _BYTE, (w >> 8) & _BYTE, w & _BYTE
+
+
+def _lookup(tables: _Tables, b: tuple[Words, Words, Words, Words]) -> Words:
+    result: Words = np.take(tables[0], b[0])
+    for row in range(1, 4):
+        result ^= np.take(tables[row], b[row])
+    return result
+
+
+class _Work:
+    """Every array one chunk needs, allocated once per call.
+
+    Fresh multi-hundred-kilobyte temporaries per numpy call cost a page fault per
+    4 KB, which was the largest cost of a first version; writing into these with
+    ``out=`` keeps the hot loops allocation-free.
+    """
+
+    def __init__(self, keys: int, blocks_per_key: int) -> None:
+        shape = (4, blocks_per_key, keys)
+        self.state = np.empty(shape, dtype=np.int64)
+        self.bytes = [np.empty(shape, dtype=np.int64) for _ in range(4)]
+        self.tmp = np.empty(shape, dtype=np.int64)
+        self.round_keys = np.empty((_ROUNDS + 1, 4, keys), dtype=np.int64)
+        self.mixed = np.empty((_ROUNDS + 1, 4, keys), dtype=np.int64)
+
+    def lookup(self, tables: _Tables, shift: tuple[int, int, int, int]) -> None:
+        """One table round in place: state[c] = XOR over rows r of
+        tables[r][byte r of state[(c + shift[r]) % 4]]."""
+        s, (b0, b1, b2, b3), tmp = self.state, self.bytes, self.tmp
+        np.right_shift(s, 24, out=b0)
+        np.right_shift(s, 16, out=b1)
+        b1 &= _BYTE
+        np.right_shift(s, 8, out=b2)
+        b2 &= _BYTE
+        np.bitwise_and(s, _BYTE, out=b3)
+        np.take(tables[0], b0, out=s, mode="clip")
+        for row, b in ((1, b1), (2, b2), (3, b3)):
+            np.take(tables[row], b, out=tmp, mode="clip")
+            k = shift[row]
+            s[: 4 - k] ^= tmp[k:]
+            s[4 - k :] ^= tmp[:k]
+
+    def expand_keys(self, key_words: Words, mixed: bool) -> None:
+        """FIPS-197 key expansion for AES-256 of every key of the chunk.
+
+        ``key_words`` is (8, N). Fills ``round_keys`` and, if ``mixed``, ``mixed``
+        with the same words through InvMixColumns (for the equivalent inverse
+        cipher). InvMixColumns is linear, so the mixed schedule follows the same
+        recurrence with InvMixColumns-of-S-box tables: no second pass over the keys.
+        """
+        w = self.round_keys.reshape(4 * (_ROUNDS + 1), -1)
+        m = self.mixed.reshape(4 * (_ROUNDS + 1), -1)
+        w[:_KEY_WORDS] = key_words
+        if mixed:
+            m[:_KEY_WORDS] = _lookup(_IMC, _bytes_of(key_words))
+        for i in range(_KEY_WORDS, 4 * (_ROUNDS + 1)):
+            if i % 4:
+                np.bitwise_xor(w[i - _KEY_WORDS], w[i - 1], out=w[i])
+                if mixed:
+                    np.bitwise_xor(m[i - _KEY_WORDS], m[i - 1], out=m[i])
+                continue
+            b0, b1, b2, b3 = _bytes_of(w[i - 1])
+            # Every 8th word: RotWord (byte 1 to the top, byte 0 to the bottom) and Rcon.
+            rotate = i % _KEY_WORDS == 0
+            order = (b1, b2, b3, b0) if rotate else (b0, b1, b2, b3)
+            rcon = _RCON[i // _KEY_WORDS - 1] if rotate else 0
+            np.bitwise_xor(w[i - _KEY_WORDS], _lookup(_S, order), out=w[i])
+            w[i] ^= rcon << 24
+            if mixed:
+                np.bitwise_xor(m[i - _KEY_WORDS], _lookup(_IMC_S, order), out=m[i])
+                m[i] ^= int(_IMC[0][rcon])
+
+
+def _key_words(keys: npt.NDArray[np.uint8]) -> Words:
+    """(N, 32) key bytes -> (8, N) big-endian words."""
+    return np.ascontiguousarray(keys.view(">u4").T, dtype=np.int64)
+
+
+def _rounds(
+    work: _Work, round_keys: Words, tables: _Tables, last: _Tables, shift: tuple[int, int, int, int]
+) -> None:
+    """AddRoundKey, 13 table rounds and the last round, in place on ``work.state``.
+
+    The state is (4, B, N) and ``round_keys`` (15, 4, N): all four columns of every
+    block go through each table in one numpy call.
+    """
+    work.state ^= round_keys[0][:, None, :]
+    for r in range(1, _ROUNDS + 1):
+        work.lookup(last if r == _ROUNDS else tables, shift)
+        work.state ^= round_keys[r][:, None, :]
+
+
+def _run(
+    blocks: npt.NDArray[np.uint8], keys: npt.NDArray[np.uint8], decrypt: bool
+) -> npt.NDArray[np.uint8]:
+    if keys.ndim != 2 or keys.shape[1] != 32:
+        raise ValueError(f"keys must have shape (N, 32), not {keys.shape}")
+    if blocks.ndim != 3 or blocks.shape[0] != keys.shape[0] or blocks.shape[2] != 16:
+        raise ValueError(f"blocks must have shape ({keys.shape[0]}, B, 16), not {blocks.shape}")
+    count, per_key = keys.shape[0], blocks.shape[1]
+    if count == 0 or per_key == 0:
+        return np.empty_like(blocks)
+    # Equal chunks, the last one padded: every array keeps one shape for the whole call.
+    chunks = -(-count // _CHUNK)
+    size = -(-count // chunks)
+    padded = chunks * size
+    keys = np.concatenate([keys, np.zeros((padded - count, 32), np.uint8)])
+    blocks = np.concatenate([blocks, np.zeros((padded - count, per_key, 16), np.uint8)])
+    out = np.empty_like(blocks)
+    work = _Work(size, per_key)
+    for start in range(0, padded, size):
+        part = slice(start, start + size)
+        work.expand_keys(_key_words(keys[part]), mixed=decrypt)
+        # (N, B, 16) bytes -> (4, B, N) big-endian column words.
+        work.state[...] = blocks[part].view(">u4").transpose(2, 1, 0)
+        if decrypt:
+            # Equivalent inverse cipher (FIPS-197 5.3.5): rounds in reverse order,
+            # InvMixColumns on every round key but the first and the last.
+            dk = work.mixed[::-1].copy()
+            dk[0], dk[_ROUNDS] = work.round_keys[_ROUNDS], work.round_keys[0]
+            _rounds(work, dk, _TD, _SI, _DEC_SHIFT)
+        else:
+            _rounds(work, work.round_keys, _TE, _S, _ENC_SHIFT)
+        out[part].view(">u4")[...] = work.state.transpose(2, 1, 0)
+    return out[:count]
+
+
+def aes256_encrypt_blocks(
+    blocks: npt.NDArray[np.uint8], keys: npt.NDArray[np.uint8]
+) -> npt.NDArray[np.uint8]:
+    """AES-256-ECB encrypt ``blocks[n, b]`` with ``keys[n]``; shapes (N, B, 16) and (N, 32)."""
+    return _run(blocks, keys, decrypt=False)
+
+
+def aes256_decrypt_blocks(
+    blocks: npt.NDArray[np.uint8], keys: npt.NDArray[np.uint8]
+) -> npt.NDArray[np.uint8]:
+    """AES-256-ECB decrypt ``blocks[n, b]`` with ``keys[n]``; shapes (N, B, 16) and (N, 32)."""
+    return _run(blocks, keys, decrypt=True)
