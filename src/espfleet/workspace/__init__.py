@@ -45,6 +45,7 @@ import tempfile
 from collections.abc import Sequence
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -54,8 +55,16 @@ from sqlalchemy.engine import make_url
 from espfleet._io import atomic_write, atomic_write_text
 from espfleet.backend.registry import Registry
 from espfleet.errors import InputError, PkiError, WorkspaceError
-from espfleet.pki.ca import CertificateAuthority, IssuedCert, cert_pem, new_hierarchy, utcnow
-from espfleet.pki.crl import load_crl, verify_crl
+from espfleet.pki.ca import (
+    CertificateAuthority,
+    IssuedCert,
+    cert_pem,
+    fingerprint_sha256,
+    format_serial,
+    new_hierarchy,
+    utcnow,
+)
+from espfleet.pki.crl import crl_number, load_crl, verify_crl
 from espfleet.pki.keys import encrypt_private_key, generate_rsa3072_key, public_key_pem
 from espfleet.pki.store import (
     read_bytes,
@@ -71,7 +80,7 @@ from espfleet.workspace.config import (
     parse_fleet_toml,
     render_fleet_toml,
 )
-from espfleet.workspace.manifest import MANIFEST, build_manifest, verify_manifest
+from espfleet.workspace.manifest import MANIFEST, build_manifest, changed_files, verify_manifest
 
 __all__ = ["FleetConfig", "IssuingAuthority", "Workspace", "secure_boot_digest"]
 
@@ -218,13 +227,7 @@ class Workspace:
             )
         root_cert = read_certificate(root / ROOT_CERT, name=ROOT_CERT)
         issuing = read_certificate(root / ISSUING_CERT, name=ISSUING_CERT)
-        try:
-            issuing.verify_directly_issued_by(root_cert)
-        except (ValueError, TypeError, InvalidSignature):
-            raise WorkspaceError(
-                f"{ISSUING_CERT} was not issued by {ROOT_CERT}: one of them was replaced; "
-                "restore pki/ from a backup"
-            ) from None
+        _check_issued_by(issuing, root_cert)
         verify_manifest(root, SIGNED_FILES, issuing)
         config = parse_fleet_toml(read_bytes(root / FLEET_TOML, name=FLEET_TOML))
         try:
@@ -232,6 +235,12 @@ class Workspace:
         except PkiError as error:
             raise WorkspaceError(f"{CRL}: {error}") from None
         workspace = cls(root, config)
+        database = _sqlite_file(workspace.registry_url)
+        if database is not None and not database.is_file():
+            raise WorkspaceError(
+                f"the registry {database} is missing: restore it from a backup (a new, "
+                "empty registry would forget every device and revocation)"
+            )
         workspace.__dict__["root_cert"] = root_cert
         workspace.__dict__["issuing_cert"] = issuing
         return workspace
@@ -298,21 +307,99 @@ class Workspace:
         """The registry, migrated to the current schema. The caller closes it."""
         return Registry.open(self.registry_url)
 
-    def reseal(self, passphrase: bytes) -> None:
-        """Re-sign the manifest after a deliberate edit of fleet.toml (validated first)."""
-        parse_fleet_toml(read_bytes(self.root / FLEET_TOML, name=FLEET_TOML))
-        key = read_private_key(self.root / ISSUING_KEY, passphrase, name=ISSUING_KEY)
-        atomic_write(self.root / MANIFEST, build_manifest(self.root, SIGNED_FILES, key))
+    def describe(self) -> dict[str, Any]:
+        """Paths, fingerprints and validity of the CA material (``ca show``, ``init``)."""
+
+        def cert_info(name: str, cert: x509.Certificate) -> dict[str, Any]:
+            return {
+                "path": str(self.root / name),
+                "subject": cert.subject.rfc4514_string(),
+                "serial": format_serial(cert.serial_number),
+                "fingerprint_sha256": fingerprint_sha256(cert),
+                "not_before": cert.not_valid_before_utc.isoformat(),
+                "not_after": cert.not_valid_after_utc.isoformat(),
+            }
+
+        crl = load_crl(read_bytes(self.root / CRL, name=CRL), name=CRL)
+        servers = {}
+        for name, (cert_name, key_name) in SERVERS.items():
+            info = cert_info(cert_name, self.server_cert(name))
+            info["key_path"] = str(self.root / key_name)
+            info["hosts"] = list(getattr(self.config, f"{name}_hosts"))
+            servers[name] = info
+        return {
+            "workspace": str(self.root),
+            "org": self.config.org,
+            "chip": self.config.chip,
+            "key_policy": self.config.key_policy,
+            "registry_url": make_url(self.registry_url).render_as_string(hide_password=True),
+            "root_ca": cert_info(ROOT_CERT, self.root_cert),
+            "issuing_ca": cert_info(ISSUING_CERT, self.issuing_cert),
+            "chain": str(self.root / CHAIN),
+            "crl": {
+                "path": str(self.root / CRL),
+                "number": crl_number(crl),
+                "this_update": crl.last_update_utc.isoformat(),
+                "next_update": (
+                    crl.next_update_utc.isoformat() if crl.next_update_utc else None
+                ),
+                "revoked": len(crl),
+            },
+            "servers": servers,
+            "secure_boot": {
+                "scheme": self.config.secure_boot_scheme,
+                "key_path": str(self.root / SIGNING_KEY),
+                "public_key_path": str(self.root / SIGNING_PUB),
+                "public_key_digest_sha256": self.secure_boot_digest().hex(),
+            },
+        }
+
+    def crl_pem(self) -> bytes:
+        return read_bytes(self.root / CRL, name=CRL)
+
+    @classmethod
+    def reseal(cls, path: Path, passphrase: bytes) -> list[str]:
+        """Accept a deliberate edit of fleet.toml: validate it, check the CA chain and
+        that the passphrase opens the issuing key, then re-sign the manifest. Returns the
+        files whose digests changed."""
+        root = Path(path).absolute()
+        parse_fleet_toml(read_bytes(root / FLEET_TOML, name=FLEET_TOML))
+        root_cert = read_certificate(root / ROOT_CERT, name=ROOT_CERT)
+        issuing = read_certificate(root / ISSUING_CERT, name=ISSUING_CERT)
+        _check_issued_by(issuing, root_cert)
+        key = read_private_key(root / ISSUING_KEY, passphrase, name=ISSUING_KEY)
+        if public_key_pem(key) != public_key_pem(issuing.public_key()):  # type: ignore[arg-type]
+            raise WorkspaceError(f"{ISSUING_KEY} does not match {ISSUING_CERT}: restore pki/")
+        changed = changed_files(root, SIGNED_FILES)
+        atomic_write(root / MANIFEST, build_manifest(root, SIGNED_FILES, key))
+        cls.open(root)
+        return changed
+
+
+def _check_issued_by(issuing: x509.Certificate, root_cert: x509.Certificate) -> None:
+    try:
+        issuing.verify_directly_issued_by(root_cert)
+    except (ValueError, TypeError, InvalidSignature):
+        raise WorkspaceError(
+            f"{ISSUING_CERT} was not issued by {ROOT_CERT}: one of them was replaced; "
+            "restore pki/ from a backup"
+        ) from None
+
+
+def _sqlite_file(url: str) -> Path | None:
+    parsed = make_url(url)
+    database = parsed.database
+    if parsed.get_backend_name() != "sqlite" or not database or database == ":memory:":
+        return None
+    return Path(database)
 
 
 def resolve_registry_url(url: str, root: Path) -> str:
     """A relative SQLite path in fleet.toml is relative to the workspace root."""
-    parsed = make_url(url)
-    database = parsed.database
-    relative = bool(database) and database != ":memory:" and not Path(str(database)).is_absolute()
-    if parsed.get_backend_name() == "sqlite" and relative:
-        return parsed.set(database=str(root / str(database))).render_as_string(hide_password=False)
-    return url
+    database = _sqlite_file(url)
+    if database is None or database.is_absolute():
+        return url
+    return make_url(url).set(database=str(root / database)).render_as_string(hide_password=False)
 
 
 def _refuse_existing(target: Path) -> None:

@@ -24,7 +24,7 @@ from espfleet.errors import WorkspaceError
 from espfleet.pki.keys import PrivateKey
 from espfleet.pki.store import read_bytes
 
-__all__ = ["MANIFEST", "build_manifest", "verify_manifest"]
+__all__ = ["MANIFEST", "build_manifest", "changed_files", "verify_manifest"]
 
 MANIFEST = "pki/workspace-manifest.json"
 _VERSION = 1
@@ -54,6 +54,17 @@ def build_manifest(root: Path, names: Iterable[str], key: PrivateKey) -> bytes:
         "signature": base64.b64encode(signature).decode(),
     }
     return (json.dumps(document, indent=2, sort_keys=True) + "\n").encode()
+
+
+def changed_files(root: Path, names: Iterable[str]) -> list[str]:
+    """Files whose digest differs from the (unverified) manifest, or all if it is unreadable."""
+    names = sorted(names)
+    try:
+        recorded = json.loads((root / MANIFEST).read_bytes())["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return names
+    actual = _digests(root, names)
+    return [name for name in names if recorded.get(name) != actual[name]]
 
 
 def verify_manifest(root: Path, names: Iterable[str], issuing_cert: x509.Certificate) -> None:
