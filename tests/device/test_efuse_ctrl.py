@@ -18,16 +18,30 @@ MAC = bytes.fromhex("24a1600a1b2c")
 
 def _espefuse_virt_summary(chip: str, efuse_file: Path) -> dict[str, dict[str, object]]:
     out = subprocess.run(
-        [sys.executable, "-m", "espefuse", "--chip", chip, "--virt",
-         "--path-efuse-file", str(efuse_file), "summary", "--format", "json"],
-        capture_output=True, text=True, check=True,
+        [
+            sys.executable,
+            "-m",
+            "espefuse",
+            "--chip",
+            chip,
+            "--virt",
+            "--path-efuse-file",
+            str(efuse_file),
+            "summary",
+            "--format",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     result: dict[str, dict[str, object]] = json.loads(out[out.index("{") :])
     return result
 
 
 @pytest.mark.parametrize(
-    ("chip_name", "revision", "size"), [("esp32", 300, 288), ("esp32s3", 2, 512), ("esp32c3", 4, 512)]
+    ("chip_name", "revision", "size"),
+    [("esp32", 300, 288), ("esp32s3", 2, 512), ("esp32c3", 4, 512)],
 )
 def test_efuse_file_is_what_espefuse_virt_reads(
     tmp_path: Path, chip_name: str, revision: int, size: int

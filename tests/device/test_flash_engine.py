@@ -14,9 +14,7 @@ def _burn_key(chip: VirtualChip, block: str, key: bytes, *, read_protect: bool =
     # espefuse stores a key byte-reversed in the block's registers.
     chip.burn_efuse(block, int.from_bytes(key, "big"))
     if read_protect:
-        bit = {"BLOCK1": 0}.get(block, None)
-        if bit is None:
-            bit = int(block[-1])
+        bit = 0 if block == "BLOCK1" else int(block[-1])
         chip.burn_efuse("RD_DIS", 1 << bit)
 
 

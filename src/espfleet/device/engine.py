@@ -84,9 +84,7 @@ def _codec(decrypt: bool) -> _Codec:
         return _espsecure(decrypt)
 
 
-def crypt(
-    efuse: EfuseController, address: int, data: bytes, *, decrypt: bool
-) -> bytes:
+def crypt(efuse: EfuseController, address: int, data: bytes, *, decrypt: bool) -> bytes:
     """Run ``data`` at flash ``address`` through the engine with the chip's key."""
     key = engine_key(efuse)
     if key is None:

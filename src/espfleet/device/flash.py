@@ -27,9 +27,7 @@ def parse_flash_size(text: str) -> int:
     """``"4MB"`` -> 4194304, with an error that lists the accepted sizes."""
     size = FLASH_SIZES.get(text.strip().upper())
     if size is None:
-        raise InputError(
-            f"unsupported flash size {text!r}: use one of {', '.join(FLASH_SIZES)}"
-        )
+        raise InputError(f"unsupported flash size {text!r}: use one of {', '.join(FLASH_SIZES)}")
     return size
 
 

@@ -267,9 +267,7 @@ class RomLoader:
         if encrypted:
             field_name = rom.download_encrypt_disable_field
             if self.chip.efuse.get(field_name, hardware=True):
-                raise _Refused(
-                    RomError.FAILED, f"encrypted write refused: {field_name} is burned"
-                )
+                raise _Refused(RomError.FAILED, f"encrypted write refused: {field_name} is burned")
             if self.chip.hardware_key() is None:
                 raise _Refused(RomError.FAILED, "encrypted write refused: no key in eFuse")
         flash = self.chip.flash
