@@ -1,0 +1,171 @@
+"""eFuse posture audit on eFuse files made by the real espefuse (``--virt``)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import espefuse
+import pytest
+
+from espfleet.audit.efuse_posture import EfuseReport, audit_efuses
+from espfleet.audit.efuse_source import read_efuse_file
+from espfleet.audit.findings import Severity
+from espfleet.chips import chip_facts
+from espfleet.errors import InputError
+from espfleet.provisioning.efuse_plan import EfuseStep, plan_for
+from espfleet.provisioning.espefuse_driver import EfuseDriver
+
+DIGEST = bytes(range(0x40, 0x60))
+MATERIAL = {"flash_encryption_key": os.urandom(32), "secure_boot_digest": DIGEST}
+CHIPS = ["esp32", "esp32s3", "esp32c3"]
+
+
+def blank(tmp_path: Path, chip: str) -> Path:
+    path = tmp_path / f"{chip}.efuse"
+    esp = espefuse.get_esp(chip=chip, virt=True, virt_efuse_file=str(path))
+    esp.set_chip_revision(300 if chip == "esp32" else 4)  # SBv2 needs ESP32 v3.0
+    esp.save_to_file()
+    return path
+
+
+def provisioned(
+    tmp_path: Path, chip: str, mode: str, skip: Callable[[EfuseStep], bool] = lambda s: False
+) -> Path:
+    """A chip after espfleet's eFuse plan for ``mode``, burned by espefuse, minus ``skip``."""
+    path = blank(tmp_path, chip)
+    plan = plan_for(chip, mode)
+    driver = EfuseDriver.virtual(chip, path)
+    driver.burn([s for s in plan.pre_flash() if not skip(s)], MATERIAL)
+    driver.burn([s for s in plan.post_flash() if not skip(s)], {})
+    return path
+
+
+def audit(chip: str, path: Path, mode: str = "release") -> EfuseReport:
+    return audit_efuses(read_efuse_file(chip, path), mode, expected_digest=DIGEST)
+
+
+def kinds(report: EfuseReport) -> set[tuple[str, str]]:
+    return {(f.kind, f.efuse) for f in report.findings}
+
+
+@pytest.mark.parametrize("chip", CHIPS)
+def test_blank_chip_fails_everything_with_fix_commands(tmp_path: Path, chip: str) -> None:
+    facts = chip_facts(chip)
+    report = audit(chip, blank(tmp_path, chip))
+    found = kinds(report)
+    assert ("flash-encryption-off", facts.crypt_cnt_field) in found
+    assert ("fe-key-missing", facts.fe_key_blocks[0]) in found
+    assert ("secure-boot-off", facts.sb_enable_field) in found
+    assert ("not-write-protected", facts.rd_dis_field) in found
+    assert any(k == "download-mode-open" for k, _ in found)
+    for name in facts.release_hardening:
+        if name not in facts.download_lock_fields:
+            assert ("hardening-missing", name) in found, name
+    if facts.crypt_config_field:
+        assert ("crypt-config", facts.crypt_config_field) in found
+    assert report.worst == Severity.CRITICAL
+    for f in report.findings:  # a blank chip is reachable: every finding has a command
+        assert f.command and f.command.startswith(f"espefuse --chip {chip} --port PORT ")
+        assert f.found and f.required
+        assert f.efuse in f.command or "burn-key" in f.command  # ESP32 names keys by alias
+
+
+@pytest.mark.parametrize("chip", CHIPS)
+def test_release_mode_chip_has_no_findings(tmp_path: Path, chip: str) -> None:
+    report = audit(chip, provisioned(tmp_path, chip, "release"))
+    assert report.findings == ()
+    assert report.notes == ()
+
+
+@pytest.mark.parametrize("chip", CHIPS)
+def test_development_mode_chip(tmp_path: Path, chip: str) -> None:
+    path = provisioned(tmp_path, chip, "development")
+    assert audit(chip, path, "development").findings == ()
+    assert audit(chip, path, "development").notes  # says what development leaves open
+    as_release = audit(chip, path, "release")
+    facts = chip_facts(chip)
+    found = kinds(as_release)
+    assert ("crypt-counter-not-final", facts.crypt_cnt_field) in found
+    assert ("not-write-protected", facts.crypt_cnt_field) in found
+    assert as_release.worst is not None and as_release.worst >= Severity.HIGH
+
+
+@pytest.mark.parametrize("chip", CHIPS)
+def test_release_without_jtag_disabled(tmp_path: Path, chip: str) -> None:
+    jtag = {"JTAG_DISABLE", "DIS_PAD_JTAG"}
+    path = provisioned(tmp_path, chip, "release", skip=lambda s: s.target in jtag)
+    report = audit(chip, path)
+    (finding,) = report.findings
+    assert finding.kind == "hardening-missing" and finding.efuse in jtag
+    assert (finding.found, finding.required) == ("0", "1")
+    assert finding.severity == Severity.HIGH
+    # the download mode is locked already: no espefuse command can reach the chip
+    assert finding.command is None
+    assert "download mode is locked" in finding.fix
+
+
+@pytest.mark.parametrize("chip", ["esp32s3", "esp32c3"])
+def test_secure_boot_without_digest_revocation(tmp_path: Path, chip: str) -> None:
+    path = provisioned(tmp_path, chip, "release",
+                       skip=lambda s: s.target.startswith("SECURE_BOOT_KEY_REVOKE"))
+    report = audit(chip, path)
+    assert kinds(report) == {("sb-slot-not-revoked", "SECURE_BOOT_KEY_REVOKE1"),
+                             ("sb-slot-not-revoked", "SECURE_BOOT_KEY_REVOKE2")}
+    assert all(f.severity == Severity.HIGH for f in report.findings)
+
+
+@pytest.mark.parametrize("chip", ["esp32s3", "esp32c3"])
+def test_secure_boot_without_revocation_before_download_lock_has_a_fix(
+    tmp_path: Path, chip: str
+) -> None:
+    """Same posture on a chip whose download mode is still open: espefuse can fix it."""
+    path = provisioned(tmp_path, chip, "release", skip=lambda s: s.phase == "post_flash"
+                       or s.target.startswith("SECURE_BOOT_KEY_REVOKE"))
+    report = audit(chip, path)
+    revoke = [f for f in report.findings if f.kind == "sb-slot-not-revoked"]
+    assert {f.command for f in revoke} == {
+        f"espefuse --chip {chip} --port PORT burn-efuse SECURE_BOOT_KEY_REVOKE{n} 1"
+        for n in (1, 2)
+    }
+
+
+@pytest.mark.parametrize("chip", CHIPS)
+def test_wrong_signing_key_digest_is_critical(tmp_path: Path, chip: str) -> None:
+    path = provisioned(tmp_path, chip, "release")
+    report = audit_efuses(read_efuse_file(chip, path), "release", expected_digest=b"\x11" * 32)
+    (finding,) = report.findings
+    assert finding.kind == "sb-digest-foreign" and finding.severity == Severity.CRITICAL
+    assert DIGEST.hex() in finding.found and finding.command is None
+
+
+def test_readable_flash_encryption_key_is_critical(tmp_path: Path) -> None:
+    """A key written as plain block data (not burn-key) stays readable by software."""
+    path = blank(tmp_path, "esp32")
+    commands = espefuse.init_commands(
+        esp=espefuse.get_esp(chip="esp32", virt=True, virt_efuse_file=str(path)),
+        do_not_confirm=True,
+    )
+    import io
+
+    commands.burn_block_data(["BLOCK1"], [io.BytesIO(os.urandom(32))])
+    report = audit("esp32", path)
+    finding = next(f for f in report.findings if f.kind == "fe-key-readable")
+    assert finding.severity == Severity.CRITICAL and finding.efuse == "BLOCK1"
+    assert finding.command == "espefuse --chip esp32 --port PORT read-protect-efuse BLOCK1"
+
+
+def test_audit_leaves_the_efuse_file_unchanged(tmp_path: Path) -> None:
+    path = provisioned(tmp_path, "esp32s3", "development")
+    before = path.read_bytes()
+    audit("esp32s3", path)
+    assert path.read_bytes() == before
+
+
+def test_wrong_size_file_is_bad_input(tmp_path: Path) -> None:
+    path = blank(tmp_path, "esp32")
+    with pytest.raises(InputError, match="288 bytes.*esp32s3 eFuse file"):
+        read_efuse_file("esp32s3", path)
+    with pytest.raises(InputError, match="cannot read"):
+        read_efuse_file("esp32", tmp_path / "missing.bin")
