@@ -165,7 +165,7 @@ def test_audit_leaves_the_efuse_file_unchanged(tmp_path: Path) -> None:
 
 def test_wrong_size_file_is_bad_input(tmp_path: Path) -> None:
     path = blank(tmp_path, "esp32")
-    with pytest.raises(InputError, match="288 bytes.*esp32s3 eFuse file"):
+    with pytest.raises(InputError, match=r"288 bytes.*esp32s3 eFuse file"):
         read_efuse_file("esp32s3", path)
     with pytest.raises(InputError, match="cannot read"):
         read_efuse_file("esp32", tmp_path / "missing.bin")
