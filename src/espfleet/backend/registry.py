@@ -214,7 +214,7 @@ class Registry:
             row = session.get(Device, device_id)
             return _device_record(row) if row is not None else None
 
-    def update_device(self, device_id: str, **changes: Any) -> DeviceRecord:
+    def update_device(self, device_id: str, /, **changes: Any) -> DeviceRecord:
         unknown = set(changes) - set(_UPDATABLE)
         if unknown:
             raise InputError(
