@@ -7,6 +7,7 @@ The eFuse side is the real espefuse over its emulated controller; the flash side
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -242,3 +243,16 @@ def test_journal_of_another_device_refused(tmp_path: Path) -> None:
     (tmp_path / JOURNAL_NAME).write_text(json.dumps({"v": 1, "device_id": "esp32-000000000001"}))
     with pytest.raises(FlashError, match="belongs to"):
         FlashJournal.load(tmp_path, "esp32-24a1600a1b2c")
+
+
+def test_wrong_key_for_bundle_refused_before_any_burn(tmp_path: Path) -> None:
+    j = job("esp32")
+    j = FlashJob(j.device_id, j.chip, j.mac, j.plan, j.images, DIGEST,
+                 fe_key_sha256=hashlib.sha256(FE_KEY).hexdigest())
+    s = session(tmp_path, "esp32")
+    before = (tmp_path / "efuse.bin").read_bytes()
+    with pytest.raises(FlashError, match="not the one its images were encrypted with") as err:
+        execute(inspect_chip(j, s, journal(tmp_path, j)), s, journal(tmp_path, j),
+                key_provider=lambda: os.urandom(32))
+    assert "nothing was burned or written" in str(err.value)
+    _assert_untouched(tmp_path, s, before)

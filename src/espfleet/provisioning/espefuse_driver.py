@@ -115,9 +115,10 @@ def silenced_esptool(enabled: bool = True) -> Iterator[None]:
 class EfuseDriver:
     """Reads and burns the eFuses of one connected (or virtual) chip."""
 
-    def __init__(self, esp: Any, chip: str) -> None:
+    def __init__(self, esp: Any, chip: str, *, quiet: bool = True) -> None:
         self._esp = esp
         self.chip = chip
+        self.quiet = quiet
 
     @classmethod
     def virtual(cls, chip: str, efuse_file: Path) -> EfuseDriver:
@@ -147,6 +148,10 @@ class EfuseDriver:
 
     def read_state(self) -> EfuseState:
         """Snapshot every field (read-only)."""
+        with silenced_esptool(self.quiet):
+            return self._read_state()
+
+    def _read_state(self) -> EfuseState:
         efuses = self._commands().efuses
         fields: dict[str, EfuseField] = {}
         aliases: dict[str, str] = {}
@@ -186,6 +191,10 @@ class EfuseDriver:
         """
         if not steps:
             return
+        with silenced_esptool(self.quiet):
+            self._burn(steps, material)
+
+    def _burn(self, steps: Sequence[EfuseStep], material: Mapping[str, bytes]) -> None:
         import esptool
 
         commands = self._commands()

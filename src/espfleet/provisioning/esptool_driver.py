@@ -69,11 +69,13 @@ class PortProfile:
     def no_chip_message(self, error: object) -> str:
         hint = (
             "check that the virtual device (or bridge) is running and listening on that "
-            "address"
+            "address (a chip whose download mode was disabled by a release flash stays "
+            "silent for good)"
             if self.port.startswith(("socket://", "rfc2217://"))
             else "check the cable and the port name, that no other program (a serial "
             "monitor) holds the port, and hold BOOT while pressing RESET if the board has "
-            "no auto-reset circuit"
+            "no auto-reset circuit (a chip whose download mode was disabled by a release "
+            "flash stays silent for good)"
         )
         return f"no chip answered on {self.port} ({error}): {hint}; nothing was changed"
 
@@ -129,16 +131,19 @@ class ChipSession:
 class EsptoolFlash:
     """:class:`FlashAccess` through a connected esptool loader."""
 
-    def __init__(self, esp: Any, port: str) -> None:
+    def __init__(self, esp: Any, port: str, *, quiet: bool = True) -> None:
         self._esp = esp
         self._port = port
+        self.quiet = quiet
 
     def write(self, offset: int, data: bytes) -> None:
         from esptool import cmds
 
         # Raw bytes, never ``encrypt``: the image is already encrypted for this offset.
         # flash_* "keep" leaves the bootloader header alone (it is ciphertext).
-        with _wrapped(f"write {len(data)} bytes at {offset:#x} on {self._port}"):
+        with silenced_esptool(self.quiet), _wrapped(
+            f"write {len(data)} bytes at {offset:#x} on {self._port}"
+        ):
             cmds.write_flash(
                 self._esp,
                 [(offset, data)],
@@ -149,7 +154,9 @@ class EsptoolFlash:
             )
 
     def md5(self, offset: int, size: int) -> str:
-        with _wrapped(f"read back the MD5 of {size} bytes at {offset:#x} on {self._port}"):
+        with silenced_esptool(self.quiet), _wrapped(
+            f"read back the MD5 of {size} bytes at {offset:#x} on {self._port}"
+        ):
             return str(self._esp.flash_md5sum(offset, size)).lower()
 
 
@@ -200,6 +207,13 @@ def open_session(
             )
         except (esptool.FatalError, OSError, ValueError) as error:
             raise FlashError(profile.no_chip_message(error)) from error
+        if getattr(esp, "secure_download_mode", False):
+            _close_loader(esp, profile)
+            raise FlashError(
+                f"the chip on {port} is in Secure Download Mode: its download mode is locked "
+                "(a device already flashed in release mode). It cannot be flashed or "
+                "inspected over serial any more; update it over OTA. Nothing was changed"
+            )
         try:
             if profile.use_stub and not esp.IS_STUB:
                 esp = cmds.run_stub(esp)
@@ -224,8 +238,8 @@ def open_session(
     return ChipSession(
         port=port,
         identity=identity,
-        efuses=EfuseDriver(esp, chip),
-        flash=EsptoolFlash(esp, port),
+        efuses=EfuseDriver(esp, chip, quiet=quiet),
+        flash=EsptoolFlash(esp, port, quiet=quiet),
         _close=close,
     )
 

@@ -81,6 +81,9 @@ class FlashJob:
     plan: EfusePlan
     images: tuple[FlashImage, ...]
     secure_boot_digest: bytes = field(repr=False)
+    #: SHA-256 (hex) of the flash-encryption key the images were encrypted with: the
+    #: key handed over for the burn must match it, or the device would never boot.
+    fe_key_sha256: str | None = None
 
     def __post_init__(self) -> None:
         if self.plan.chip != self.chip:
@@ -110,6 +113,7 @@ class FlashJob:
                 for a in sorted(manifest.artifacts, key=lambda a: a.offset)
             ),
             secure_boot_digest=digest,
+            fe_key_sha256=manifest.key_fingerprints.flash_encryption_key_sha256,
         )
 
 
@@ -210,7 +214,7 @@ class _Progress:
     written: list[str] = field(default_factory=list)
     verified: list[str] = field(default_factory=list)
     locks: list[str] = field(default_factory=list)
-    stage: str = "pre_flash"
+    stage: str = "preparation"
 
 
 def execute(
@@ -230,6 +234,7 @@ def execute(
         todo = pending(inspection.efuse, "pre_flash")
         if todo:
             material = _material(todo, job, key_provider)
+            done.stage = "pre_flash"
             say(f"burning {len(todo)} pre-flash eFuse step(s)")
             journal.mark_burn_started(inspection.identity.mac_text)
             session.efuses.burn(todo, material)
@@ -280,7 +285,15 @@ def _material(
 ) -> dict[str, bytes]:
     material = {"secure_boot_digest": job.secure_boot_digest}
     if any(s.source == SOURCE_FLASH_ENCRYPTION_KEY for s in steps):
-        material[SOURCE_FLASH_ENCRYPTION_KEY] = key_provider()
+        key = key_provider()
+        if job.fe_key_sha256 is not None and hashlib.sha256(key).hexdigest() != job.fe_key_sha256:
+            raise FlashError(
+                f"the flash-encryption key found for {job.device_id} is not the one its "
+                "images were encrypted with (SHA-256 differs from the manifest): burning it "
+                "would brick the device. Check the vault/bundle belong to this workspace; "
+                "nothing was burned"
+            )
+        material[SOURCE_FLASH_ENCRYPTION_KEY] = key
     return material
 
 
@@ -329,7 +342,9 @@ def _failure_report(device_id: str, port: str, done: _Progress, error: Exception
     rerun = f"espfleet flash {device_id} --port {port}"
     burned = f"eFuses burned: {done.efuses or 'none'}"
     written = f"images written: {done.written or 'none'}; verified: {done.verified or 'none'}"
-    if done.stage == "pre_flash":
+    if done.stage == "preparation":
+        next_step = "nothing was burned or written; fix the cause and re-run"
+    elif done.stage == "pre_flash":
         next_step = (
             "some pre-flash eFuses may be burned; nothing was written to flash. Do not reset "
             f"the board into its old firmware; re-run `{rerun}`: it reads the chip, skips "

@@ -62,8 +62,8 @@ def check_identity(
         need = f"v{facts.sb_v2_min_revision // 100}.{facts.sb_v2_min_revision % 100}"
         raise FlashError(
             f"the {facts.name} on {port} is revision {identity.revision_text}, below {need} "
-            f"which Secure Boot V2 needs: use a {facts.name} of revision {need} or newer "
-            "(ECO3, e.g. an ESP32-D0WD-V3 module); nothing was changed"
+            f"which Secure Boot V2 needs: use a {facts.name} of revision {need} or newer; "
+            "nothing was changed"
         )
     if identity.mac != mac:
         raise FlashError(
