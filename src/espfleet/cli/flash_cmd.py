@@ -1,13 +1,178 @@
-"""`espfleet flash` (placeholder until its issue lands: it says so and fails)."""
+"""`espfleet flash DEVICE_ID --port PORT`: burn, write, verify and lock one device."""
 
 from __future__ import annotations
 
-import click
+from typing import Any
 
-from espfleet.errors import EspfleetError
+import click
+from rich.table import Table
+
+from espfleet.cli._context import CliContext, get_passphrase
+from espfleet.cli._output import console, echo_json, err_console
+from espfleet.device_id import parse_device_id
+from espfleet.errors import InputError
+from espfleet.provisioning.bundle import Bundle, load_bundle, wipe_secrets
+from espfleet.provisioning.esptool_driver import open_session
+from espfleet.provisioning.flash_journal import FlashJournal
+from espfleet.provisioning.flasher import FlashJob, Inspection, execute, inspect_chip
+from espfleet.provisioning.vault import Vault
+from espfleet.workspace import Workspace
+
+
+class _Keys:
+    """Opens the vault only when a key is needed (a dry run or a resumed run may not)."""
+
+    def __init__(self, workspace: Workspace, bundle: Bundle) -> None:
+        self.workspace = workspace
+        self.bundle = bundle
+        self._vault: Vault | None = None
+
+    def vault(self) -> Vault:
+        if self._vault is None:
+            passphrase = get_passphrase(purpose="the key vault")
+            self._vault = Vault.open(self.workspace.vault_dir, passphrase, create=False)
+        return self._vault
+
+    def flash_encryption_key(self) -> bytes:
+        device_id = self.bundle.manifest.device_id
+        sealed = self.bundle.sealed_secrets
+        vault = self.vault()
+        secrets = vault.unseal(device_id, sealed) if sealed else vault.load(device_id)
+        return secrets.flash_encryption_key
+
+    def destroy(self) -> None:
+        wipe_secrets(self.bundle.path)
+        self.vault().destroy(self.bundle.manifest.device_id)
 
 
 @click.command(name="flash")
-def flash() -> None:
-    """Not built yet."""
-    raise EspfleetError("'espfleet flash' is not built yet in this version of espfleet")
+@click.argument("device_id")
+@click.option(
+    "--port", "-p", required=True, metavar="PORT",
+    help="Where the chip answers: /dev/ttyUSB0, COM3, rfc2217://host:port, socket://host:port.",
+)
+@click.option("--dry-run", is_flag=True, help="Check the chip and show the plan; change nothing.")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask before the irreversible steps.")
+@click.option("--json", "as_json", is_flag=True, help="Print the plan and result as JSON.")
+@click.pass_obj
+def flash(
+    obj: CliContext, device_id: str, port: str, dry_run: bool, yes: bool, as_json: bool
+) -> None:
+    """Flash DEVICE_ID's bundle onto the chip on PORT.
+
+    Reads the chip first and refuses the wrong chip, MAC or a conflicting eFuse state;
+    then burns the eFuses that must precede the first boot, writes the pre-encrypted
+    images, verifies them by the chip's MD5, and burns the final locks (download mode
+    last). A failed run can be re-run: what the chip already holds is skipped.
+    """
+    if as_json and not (yes or dry_run):
+        raise InputError("--json cannot ask for confirmation: add --yes (or use --dry-run)")
+    device_id = parse_device_id(device_id).value
+    workspace = Workspace.open(obj.workspace_dir)
+    bundle_dir = workspace.bundles_dir / device_id
+    bundle = load_bundle(bundle_dir)
+    job = FlashJob.from_bundle(bundle)
+    journal = FlashJournal.load(bundle_dir, device_id)
+    keys = _Keys(workspace, bundle)
+
+    session = open_session(port, quiet=not obj.debug)
+    try:
+        inspection = inspect_chip(job, session, journal)
+        if not as_json:
+            _render(inspection)
+        if dry_run:
+            if as_json:
+                echo_json({"dry_run": True, "plan": inspection.to_json()})
+            else:
+                console.print("[bold]--dry-run[/]: nothing was changed.")
+            return
+        if not inspection.complete and not yes:
+            click.confirm(
+                "Burning eFuses is irreversible. Flash this device?", abort=True, err=True
+            )
+        say = (lambda _m: None) if as_json else (lambda m: err_console.print(f"  {m}"))
+        result = execute(
+            inspection, session, journal, key_provider=keys.flash_encryption_key, progress=say
+        )
+    finally:
+        session.close()
+
+    _record(workspace, bundle)
+    journal.mark("registry:flashed")
+    destroyed = workspace.config.key_policy == "destroy"
+    if destroyed:
+        keys.destroy()
+        journal.mark("key_destroyed")
+    if as_json:
+        echo_json(
+            {
+                "dry_run": False,
+                "plan": inspection.to_json(),
+                "result": result.to_json(),
+                "key_destroyed": destroyed,
+            }
+        )
+        return
+    if inspection.complete:
+        console.print(f"{device_id} was already flashed: nothing to burn or write.")
+    console.print(
+        f"[green]{device_id} flashed[/]: {len(result.efuses_burned)} eFuse step(s), "
+        f"{len(result.images_written)} image(s) written, {len(result.images_verified)} "
+        f"verified, {len(result.locks_burned)} lock(s)."
+    )
+    if destroyed:
+        console.print("Flash-encryption key destroyed (key policy: destroy).")
+
+
+def _record(workspace: Workspace, bundle: Bundle) -> None:
+    manifest = bundle.manifest
+    with workspace.registry() as registry:
+        if registry.get_device(manifest.device_id) is None:
+            registry.add_device(
+                manifest.device_id, chip=manifest.chip, mac=manifest.mac, status="flashed",
+                mode=manifest.mode,
+            )
+        else:
+            registry.update_device(manifest.device_id, status="flashed", mode=manifest.mode)
+
+
+def _status(done: bool, todo: str) -> str:
+    return "[dim]done[/]" if done else f"[yellow]{todo}[/]"
+
+
+def _render(inspection: Inspection) -> None:
+    data: dict[str, Any] = inspection.to_json()
+    console.print(
+        f"[bold]{data['device_id']}[/] on {data['port']}: {data['chip']} {data['revision']}, "
+        f"MAC {data['mac']}, {data['mode']} mode"
+        + (" (resuming an earlier run)" if data["resuming"] else "")
+    )
+    _render_steps(inspection, "pre_flash", "eFuses before the images")
+    images = Table(title="Images (pre-encrypted, written as is)", title_justify="left")
+    for column in ("image", "offset", "size", "encrypted", "status"):
+        images.add_column(column, no_wrap=True)
+    for item in data["images"]:
+        images.add_row(
+            item["name"], f"{item['offset']:#x}", str(item["size"]),
+            "yes" if item["encrypted"] else "no", _status(item["done"], "to write"),
+        )
+    console.print(images)
+    _render_steps(inspection, "post_flash", "Locks after the images (download mode last)")
+    for warning in data["leaves_open"]:
+        console.print(f"[yellow]development mode leaves open:[/] {warning}")
+
+
+def _render_steps(inspection: Inspection, phase: str, title: str) -> None:
+    checks = [c for c in inspection.efuse if c.step.phase == phase]
+    if not checks:
+        return
+    table = Table(title=title, title_justify="left")
+    table.add_column("#")
+    table.add_column("step", no_wrap=True)
+    table.add_column("why")
+    table.add_column("status", no_wrap=True)
+    for index, check in enumerate(checks, 1):
+        table.add_row(
+            str(index), check.step.describe(), check.step.why, _status(check.done, "to burn")
+        )
+    console.print(table)

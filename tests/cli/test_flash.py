@@ -1,0 +1,207 @@
+"""`espfleet flash` through click's CliRunner, against a virtual ESP32 on socket://."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import os
+import socket
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import espsecure
+import pytest
+from click.testing import CliRunner, Result
+
+from espfleet.cli import main
+from espfleet.device.chip import VirtualChip
+from espfleet.device.server import LoaderServer
+from espfleet.provisioning.bundle import (
+    SEALED_SECRETS,
+    Artifact,
+    CertificateInfo,
+    FirmwareInfo,
+    KeyFingerprints,
+    Manifest,
+    write_bundle,
+)
+from espfleet.provisioning.efuse_plan import plan_for
+from espfleet.provisioning.flash_journal import JOURNAL_NAME
+from espfleet.provisioning.vault import DeviceSecrets, Vault
+from espfleet.workspace import Workspace
+
+MAC = bytes.fromhex("246f28c0ffee")
+DEVICE = f"esp32-{MAC.hex()}"
+PASSPHRASE = b"correct horse battery staple"
+PLAIN = {0x1000: os.urandom(0x4000), 0x8000: os.urandom(0x1000), 0x20000: os.urandom(0x8000)}
+
+
+def _encrypt(key: bytes, offset: int, data: bytes) -> bytes:
+    out = io.BytesIO()
+    espsecure.encrypt_flash_data(io.BytesIO(key), out, offset, 0xF, False, io.BytesIO(data))
+    return out.getvalue()
+
+
+def make_bundle(root: Path, *, mode: str = "release", policy: str = "escrow") -> bytes:
+    """A bundle + vault entry as `espfleet provision` leaves them; returns the key."""
+    workspace = Workspace.open(root)
+    key = os.urandom(32)
+    secrets = DeviceSecrets(key, os.urandom(64), "recovery-secret")
+    vault = Vault.open(workspace.vault_dir, PASSPHRASE)
+    images = {f"p{o:x}": (o, _encrypt(key, o, d)) for o, d in PLAIN.items()}
+    manifest = Manifest(
+        device_id=DEVICE, chip="esp32", mode=mode, mac=MAC.hex(), flash_size="4MB",  # type: ignore[arg-type]
+        key_policy=policy,  # type: ignore[arg-type]
+        artifacts=tuple(Artifact.of(n, o, d, encrypted=True) for n, (o, d) in images.items()),
+        efuse_plan=plan_for("esp32", mode),
+        certificate=CertificateInfo("01", "ab" * 32, "2036-01-01T00:00:00+00:00"),
+        key_fingerprints=KeyFingerprints(
+            hashlib.sha256(key).hexdigest(), "ef" * 32, workspace.secure_boot_digest().hex()
+        ),
+        firmware=FirmwareInfo("app", "1.0.0", 0, "23" * 32),
+    )
+    target = workspace.bundles_dir / DEVICE
+    target.mkdir(parents=True)
+    sealed = vault.seal(DEVICE, secrets) if policy == "destroy" else None
+    if sealed is None:
+        vault.store(DEVICE, secrets)
+    write_bundle(target, manifest, {n: d for n, (_, d) in images.items()}, sealed_secrets=sealed)
+    return key
+
+
+@pytest.fixture
+def chip() -> Iterator[tuple[VirtualChip, str]]:
+    vchip = VirtualChip.new("esp32", revision=300, mac=MAC)
+    with LoaderServer(vchip) as server:
+        yield vchip, server.url
+
+
+def run(*args: str, input: str | None = None) -> Result:
+    return CliRunner().invoke(main, ["flash", *args], input=input)
+
+
+def test_dry_run_shows_plan_and_changes_nothing(
+    fleet_workspace: Path,
+    chip: tuple[VirtualChip, str],
+    snapshot: Callable[[Path], dict[str, str]],
+) -> None:
+    make_bundle(fleet_workspace)
+    vchip, url = chip
+    before, efuses = snapshot(fleet_workspace), vchip.efuse_bytes()
+    result = run(DEVICE, "--port", url, "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert "burn_key BLOCK1 (flash_encryption)" in result.output
+    assert "UART_DOWNLOAD_DIS" in result.output
+    assert "0x20000" in result.output
+    assert "nothing was changed" in result.output
+    assert vchip.efuse_bytes() == efuses
+    assert snapshot(fleet_workspace) == before
+
+
+def test_dry_run_json_lists_phases(fleet_workspace: Path, chip: tuple[VirtualChip, str]) -> None:
+    make_bundle(fleet_workspace)
+    result = run(DEVICE, "--port", chip[1], "--dry-run", "--json")
+    assert result.exit_code == 0, result.output
+    plan = json.loads(result.output)["plan"]
+    assert [i["offset"] for i in plan["images"]] == sorted(PLAIN)
+    assert plan["post_flash"][-1]["step"] == "write_protect_efuse FLASH_CRYPT_CNT"
+    assert not any(s["done"] for s in plan["pre_flash"])
+
+
+def test_flash_yes_json_records_registry_and_journal(
+    fleet_workspace: Path, chip: tuple[VirtualChip, str]
+) -> None:
+    make_bundle(fleet_workspace)
+    vchip, url = chip
+    result = run(DEVICE, "--port", url, "--yes", "--json")
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    assert out["result"]["status"] == "flashed"
+    assert out["key_destroyed"] is False
+    for offset, data in PLAIN.items():
+        assert vchip.read_decrypted(offset, len(data)) == data
+    with Workspace.open(fleet_workspace).registry() as registry:
+        record = registry.get_device(DEVICE)
+        assert record is not None and record.status == "flashed"
+    journal = json.loads((fleet_workspace / "bundles" / DEVICE / JOURNAL_NAME).read_text())
+    assert journal["status"] == "flashed"
+    assert "registry:flashed" in [s["step"] for s in journal["steps"]]
+    assert (fleet_workspace / "vault" / f"{DEVICE}.sealed").exists()
+
+
+def test_declined_confirmation_burns_nothing(
+    fleet_workspace: Path, chip: tuple[VirtualChip, str]
+) -> None:
+    make_bundle(fleet_workspace)
+    vchip, url = chip
+    efuses = vchip.efuse_bytes()
+    result = run(DEVICE, "--port", url, input="n\n")
+    assert result.exit_code == 1
+    assert vchip.efuse_bytes() == efuses
+
+
+def test_destroy_policy_wipes_key_after_verified_flash(
+    fleet_workspace: Path, chip: tuple[VirtualChip, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    make_bundle(fleet_workspace, mode="development", policy="destroy")
+    real_open = Workspace.open
+
+    def open_destroy(path: Path) -> Workspace:
+        workspace = real_open(path)
+        workspace.config = dataclasses.replace(workspace.config, key_policy="destroy")
+        return workspace
+
+    monkeypatch.setattr(Workspace, "open", open_destroy)
+    result = run(DEVICE, "--port", chip[1], "--yes")
+    assert result.exit_code == 0, result.output
+    assert "destroyed" in result.output
+    assert not (fleet_workspace / "bundles" / DEVICE / SEALED_SECRETS).exists()
+    # development mode: the loader still answers; a re-run finds nothing to do and
+    # needs no key any more.
+    again = run(DEVICE, "--port", chip[1], "--yes")
+    assert again.exit_code == 0, again.output
+    assert "already flashed" in again.output
+
+
+def test_another_device_on_port_refused_exit_1(
+    fleet_workspace: Path, snapshot: Callable[[Path], dict[str, str]]
+) -> None:
+    make_bundle(fleet_workspace)
+    other = VirtualChip.new("esp32", revision=300, mac=bytes.fromhex("246f28c0ffe0"))
+    before = snapshot(fleet_workspace)
+    with LoaderServer(other) as server:
+        result = run(DEVICE, "--port", server.url, "--yes")
+    assert result.exit_code == 1
+    assert "another device" in result.output
+    assert snapshot(fleet_workspace) == before
+
+
+def test_no_chip_on_port_exit_1_names_port(
+    fleet_workspace: Path, snapshot: Callable[[Path], dict[str, str]]
+) -> None:
+    make_bundle(fleet_workspace)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        url = f"socket://127.0.0.1:{probe.getsockname()[1]}"
+    before = snapshot(fleet_workspace)
+    result = run(DEVICE, "--port", url, "--yes")
+    assert result.exit_code == 1
+    assert f"no chip answered on {url}" in result.output
+    assert snapshot(fleet_workspace) == before
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["esp32-xyz", "--port", "socket://127.0.0.1:1"], "invalid device id"),
+        ([DEVICE, "--port", "socket://127.0.0.1:1", "--json"], "--json cannot ask"),
+        (["esp32-246f28000001", "--port", "socket://127.0.0.1:1", "--dry-run"], "not a bundle"),
+    ],
+)
+def test_bad_input_exit_2(fleet_workspace: Path, args: list[str], message: str) -> None:
+    make_bundle(fleet_workspace)
+    result = run(*args)
+    assert result.exit_code == 2, result.output
+    assert message in result.output
