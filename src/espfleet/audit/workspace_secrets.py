@@ -1,0 +1,123 @@
+"""The exact secret bytes a fleet workspace knows, for the flash read-out audit.
+
+Per device (from the vault, or from a destroy-policy bundle's sealed secrets until
+they are wiped): the flash-encryption key, the NVS keys (and their two halves), the
+recovery secret, the Wi-Fi password, and the device's TLS private key, read from the
+bundle's encrypted NVS with those NVS keys. Fleet-wide: the secure boot signing key.
+A dump that contains any of them, raw or encoded, leaked it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+from espfleet.audit.secrets_scan import KnownSecret
+from espfleet.errors import EspfleetError
+from espfleet.formats import nvs
+from espfleet.formats.nvs_keys import NvsKeys
+from espfleet.provisioning.bundle import MANIFEST_NAME, load_bundle
+from espfleet.provisioning.identity import NVS_NAMESPACE, NvsKey
+from espfleet.provisioning.vault import DeviceSecrets, Vault
+from espfleet.workspace import Workspace
+
+__all__ = ["WorkspaceSecrets", "workspace_secrets"]
+
+
+@dataclass(frozen=True)
+class WorkspaceSecrets:
+    secrets: tuple[KnownSecret, ...]
+    devices: tuple[str, ...]
+    #: Devices whose secrets could not be read (destroy policy, wiped), with why.
+    skipped: tuple[str, ...] = ()
+
+
+def workspace_secrets(
+    workspace: Workspace, passphrase: bytes, device_ids: Sequence[str] = ()
+) -> WorkspaceSecrets:
+    """Collect every secret of ``device_ids`` (default: every device with a bundle or
+    vault entry) and the fleet's signing key. Raises PassphraseError on a wrong one."""
+    vault = Vault.open(workspace.vault_dir, passphrase, create=False)
+    ids = list(device_ids) or _known_devices(workspace)
+    found: list[KnownSecret] = list(_signing_key(workspace, passphrase))
+    skipped: list[str] = []
+    for device_id in ids:
+        bundle_dir = workspace.bundles_dir / device_id
+        device = _device_secrets(vault, device_id, bundle_dir)
+        if device is None:
+            skipped.append(f"{device_id}: no keys in the vault or its bundle (destroy policy)")
+            continue
+        found.extend(_from_device(device_id, device))
+        found.extend(_device_private_key(device_id, device, bundle_dir))
+    return WorkspaceSecrets(tuple(found), tuple(ids), tuple(skipped))
+
+
+def _known_devices(workspace: Workspace) -> list[str]:
+    ids = {p.stem for p in workspace.vault_dir.glob("*.sealed")}
+    if workspace.bundles_dir.is_dir():
+        ids |= {p.parent.name for p in workspace.bundles_dir.glob(f"*/{MANIFEST_NAME}")}
+    return sorted(ids)
+
+
+def _device_secrets(vault: Vault, device_id: str, bundle_dir: Path) -> DeviceSecrets | None:
+    if vault.contains(device_id):
+        return vault.load(device_id)
+    if bundle_dir.is_dir():
+        bundle = load_bundle(bundle_dir)
+        if bundle.sealed_secrets is not None:
+            return vault.unseal(device_id, bundle.sealed_secrets)
+    return None
+
+
+def _secret(label: str, value: bytes) -> Iterator[KnownSecret]:
+    if len(value) >= KnownSecret.MIN_LENGTH:
+        yield KnownSecret(label, value)
+
+
+def _from_device(device_id: str, device: DeviceSecrets) -> Iterator[KnownSecret]:
+    yield from _secret(f"flash-encryption key of {device_id}", device.flash_encryption_key)
+    yield from _secret(f"NVS keys of {device_id}", device.nvs_keys)
+    half = len(device.nvs_keys) // 2
+    yield from _secret(f"NVS encryption key of {device_id}", device.nvs_keys[:half])
+    yield from _secret(f"NVS tweak key of {device_id}", device.nvs_keys[half:])
+    yield from _secret(f"recovery secret of {device_id}", device.recovery_secret.encode())
+    if device.wifi_password:
+        yield from _secret(f"Wi-Fi password of {device_id}", device.wifi_password.encode())
+
+
+def _private_key_forms(label: str, pem: bytes) -> Iterator[KnownSecret]:
+    yield from _secret(f"{label} (PEM)", pem.strip())
+    key = load_pem_private_key(pem, None, unsafe_skip_rsa_key_validation=True)
+    for fmt in (serialization.PrivateFormat.PKCS8, serialization.PrivateFormat.TraditionalOpenSSL):
+        der = key.private_bytes(serialization.Encoding.DER, fmt, serialization.NoEncryption())
+        yield from _secret(f"{label} (DER)", der)
+
+
+def _device_private_key(
+    device_id: str, device: DeviceSecrets, bundle_dir: Path
+) -> Iterator[KnownSecret]:
+    """The TLS key provisioning put into the device's encrypted NVS."""
+    if not bundle_dir.is_dir():
+        return
+    try:
+        bundle = load_bundle(bundle_dir)
+        keys = NvsKeys(device.nvs_keys[:32], device.nvs_keys[32:])
+        namespaces = nvs.read(bundle.image("nvs"), keys)
+    except (EspfleetError, KeyError):
+        return  # no readable identity in this bundle: the other secrets still count
+    entry = namespaces.get(NVS_NAMESPACE, {}).get(NvsKey.DEVICE_KEY.value)
+    if entry is not None and isinstance(entry.value, str):
+        yield from _private_key_forms(f"TLS private key of {device_id}", entry.value.encode())
+
+
+def _signing_key(workspace: Workspace, passphrase: bytes) -> Iterator[KnownSecret]:
+    key = workspace.signing_key(passphrase)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    yield from _private_key_forms("fleet secure boot signing key", pem)
