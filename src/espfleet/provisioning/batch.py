@@ -1,0 +1,281 @@
+"""The batch runner: provision many devices in parallel processes, resumably.
+
+Per device, in a worker process (CA key and vault key loaded once per worker):
+
+1. fresh secrets from the OS CSPRNG, a P-256 key and certificate from the issuing CA;
+2. :func:`~espfleet.provisioning.plan.plan_device` builds every image in memory;
+3. the bundle is written into ``bundles/.<id>.partial-*`` and renamed into place
+   (:func:`espfleet._io.atomic_directory`); under ``escrow`` the vault file is written
+   just before the rename.
+
+Back in the parent, one registry transaction per device records the device
+(``provisioned``, recovery-secret hash, bundle hash) and its certificate, only after
+the bundle is in place. A device is *done* when its bundle exists and the registry
+row carries the same bundle hash; a re-run skips done devices, removes leftovers of a
+killed run (``.partial-*`` directories, a bundle without its registry row) and builds
+the rest. So a crash, ``kill -9`` or Ctrl-C at any point leaves no half bundle or row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import multiprocessing
+import os
+import secrets
+import shutil
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from espfleet._io import atomic_directory
+from espfleet.backend.models import Certificate, Device
+from espfleet.errors import EspfleetError, ProvisioningError
+from espfleet.formats.nvs_keys import NvsKeys
+from espfleet.pki.ca import CertificateAuthority
+from espfleet.provisioning.bundle import MANIFEST_NAME, CertificateInfo, write_bundle
+from espfleet.provisioning.identity import hash_recovery_secret, new_recovery_secret
+from espfleet.provisioning.plan import DeviceKeys, DeviceRequest, FleetPolicy, plan_device
+from espfleet.provisioning.vault import Vault
+
+__all__ = ["BatchReport", "DeviceResult", "done_devices", "run_batch"]
+
+#: Registry statuses of a device whose bundle was built (or that went further).
+DONE_STATUSES = ("provisioned", "flashed", "active")
+
+
+@dataclass(frozen=True)
+class DeviceResult:
+    device_id: str
+    status: Literal["built", "skipped", "failed"]
+    seconds: float = 0.0
+    error: str | None = None
+    bundle_sha256: str | None = None
+    mac: str | None = None
+    recovery_secret_hash: str | None = None
+    serial: str | None = None
+    fingerprint_sha256: str | None = None
+    not_before: Any = None
+    not_after: Any = None
+
+
+@dataclass(frozen=True)
+class BatchReport:
+    results: tuple[DeviceResult, ...]
+    seconds: float
+
+    def count(self, status: str) -> int:
+        return sum(1 for r in self.results if r.status == status)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "built": self.count("built"),
+            "skipped": self.count("skipped"),
+            "failed": self.count("failed"),
+            "seconds": round(self.seconds, 3),
+            "devices": [
+                {"device_id": r.device_id, "status": r.status, "error": r.error,
+                 "bundle_sha256": r.bundle_sha256, "serial": r.serial}
+                for r in self.results
+            ],
+        }
+
+
+@dataclass(frozen=True)
+class _Job:
+    """What a worker needs; sent once per worker (pickled under spawn)."""
+
+    bundles_dir: Path
+    vault_dir: Path
+    policy: FleetPolicy
+    ca: CertificateAuthority
+    passphrase: bytes
+
+
+_STATE: dict[str, Any] = {}
+
+
+def _init_worker(job: _Job) -> None:
+    from esptool.logger import log
+
+    log.set_verbosity("silent")
+    _STATE["job"] = job
+    _STATE["vault"] = Vault.open(job.vault_dir, job.passphrase, create=False)
+
+
+def _build_one(request: DeviceRequest) -> DeviceResult:
+    job: _Job = _STATE["job"]
+    vault: Vault = _STATE["vault"]
+    start = time.perf_counter()
+    device_id = request.device_id
+    try:
+        return _build(job, vault, request, start)
+    except EspfleetError as error:
+        return DeviceResult(device_id, "failed", time.perf_counter() - start, str(error))
+
+
+def _build(job: _Job, vault: Vault, request: DeviceRequest, start: float) -> DeviceResult:
+    policy = job.policy
+    device_id = request.device_id
+    fe_key = secrets.token_bytes(policy.fe_key_len)
+    issued = job.ca.issue_device_cert(device_id)
+    assert issued.key_pem is not None
+    recovery = new_recovery_secret()
+    keys = DeviceKeys(
+        flash_encryption_key=fe_key,
+        nvs_keys=NvsKeys.generate(),
+        recovery_secret=recovery,
+        cert_pem=issued.cert_pem.decode(),
+        key_pem=issued.key_pem.decode(),
+        certificate=CertificateInfo(
+            serial=issued.serial_hex,
+            fingerprint_sha256=issued.fingerprint_sha256,
+            not_after=issued.not_after.isoformat(),
+        ),
+    )
+    plan = plan_device(policy, request, keys)
+    sealed = vault.seal(device_id, plan.secrets)
+    target = job.bundles_dir / device_id
+    with atomic_directory(target) as tmp:
+        write_bundle(
+            tmp, plan.manifest, plan.images, merged=plan.merged,
+            sealed_secrets=sealed if policy.key_policy == "destroy" else None,
+        )
+        if policy.key_policy == "escrow":
+            vault.store(device_id, plan.secrets)
+    return DeviceResult(
+        device_id, "built", time.perf_counter() - start,
+        bundle_sha256=hashlib.sha256(plan.manifest.encode()).hexdigest(),
+        mac=request.mac.hex(),
+        recovery_secret_hash=hash_recovery_secret(recovery),
+        serial=issued.serial_hex,
+        fingerprint_sha256=issued.fingerprint_sha256,
+        not_before=issued.not_before,
+        not_after=issued.not_after,
+    )
+
+
+def bundle_sha256(bundle_dir: Path) -> str | None:
+    """Hash of a bundle's manifest (which holds every artifact's hash), or None."""
+    try:
+        return hashlib.sha256((bundle_dir / MANIFEST_NAME).read_bytes()).hexdigest()
+    except FileNotFoundError:
+        return None
+
+
+def done_devices(registry: Any, bundles_dir: Path, device_ids: Sequence[str]) -> set[str]:
+    """Devices whose bundle is in place and recorded with the same hash."""
+    done = set()
+    for device_id in device_ids:
+        record = registry.get_device(device_id)
+        if record is None or record.status not in DONE_STATUSES:
+            continue
+        if record.bundle_sha256 and record.bundle_sha256 == bundle_sha256(bundles_dir / device_id):
+            done.add(device_id)
+    return done
+
+
+def clean_leftovers(bundles_dir: Path, pending: Sequence[str]) -> list[str]:
+    """Remove ``.partial-*`` directories and bundles of pending (unrecorded) devices."""
+    removed: list[str] = []
+    if not bundles_dir.exists():
+        return removed
+    for item in bundles_dir.iterdir():
+        if item.name.startswith(".") and ".partial-" in item.name and item.is_dir():
+            shutil.rmtree(item, ignore_errors=True)
+            removed.append(item.name)
+    for device_id in pending:
+        orphan = bundles_dir / device_id
+        if orphan.exists():
+            shutil.rmtree(orphan)
+            removed.append(device_id)
+    return removed
+
+
+def _record(registry: Any, policy: FleetPolicy, result: DeviceResult) -> None:
+    """One transaction: the device row (created or updated) and its certificate."""
+    import datetime as dt
+
+    now = dt.datetime.now(dt.UTC)
+    with registry.transaction() as session:
+        row = session.get(Device, result.device_id)
+        if row is None:
+            row = Device(device_id=result.device_id, chip=policy.chip, created_at=now)
+            session.add(row)
+        row.mac = result.mac
+        row.status = "provisioned"
+        row.mode = policy.mode
+        row.recovery_secret_hash = result.recovery_secret_hash
+        row.bundle_sha256 = result.bundle_sha256
+        row.updated_at = now
+        for old in session.query(Certificate).filter_by(
+            device_id=result.device_id, kind="device", status="active"
+        ):
+            old.status = "superseded"
+        session.add(Certificate(
+            serial=result.serial, device_id=result.device_id, kind="device", status="active",
+            not_before=result.not_before, not_after=result.not_after,
+            fingerprint_sha256=result.fingerprint_sha256,
+        ))
+
+
+def run_batch(
+    *,
+    requests: Sequence[DeviceRequest],
+    policy: FleetPolicy,
+    ca: CertificateAuthority,
+    registry: Any,
+    bundles_dir: Path,
+    vault_dir: Path,
+    passphrase: bytes,
+    jobs: int | None = None,
+    on_result: Callable[[DeviceResult], None] | None = None,
+) -> BatchReport:
+    """Provision ``requests``; done devices are skipped. See the module docstring."""
+    start = time.perf_counter()
+    ids = [r.device_id for r in requests]
+    if len(set(ids)) != len(ids):
+        raise ProvisioningError("the batch names a device twice")
+    Vault.open(vault_dir, passphrase)  # creates kdf.json once, before workers race for it
+    done = done_devices(registry, bundles_dir, ids)
+    pending = [r for r in requests if r.device_id not in done]
+    clean_leftovers(bundles_dir, [r.device_id for r in pending])
+    results: list[DeviceResult] = []
+    for device_id in ids:
+        if device_id in done:
+            skipped = DeviceResult(device_id, "skipped")
+            results.append(skipped)
+            if on_result:
+                on_result(skipped)
+    job = _Job(bundles_dir, vault_dir, policy, ca, passphrase)
+    for result in _results(job, pending, jobs or os.cpu_count() or 1):
+        if result.status == "built":
+            _record(registry, policy, result)
+        results.append(result)
+        if on_result:
+            on_result(result)
+    return BatchReport(tuple(results), time.perf_counter() - start)
+
+
+def _results(job: _Job, pending: Sequence[DeviceRequest], jobs: int) -> Iterator[DeviceResult]:
+    if not pending:
+        return
+    workers = max(1, min(jobs, len(pending)))
+    if workers == 1:
+        _init_worker(job)
+        try:
+            for request in pending:
+                yield _build_one(request)
+        finally:
+            _STATE.clear()
+        return
+    methods = multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+    pool = context.Pool(workers, initializer=_init_worker, initargs=(job,))
+    try:
+        yield from pool.imap_unordered(_build_one, pending, chunksize=1)
+        pool.close()
+    finally:
+        pool.terminate()
+        pool.join()
