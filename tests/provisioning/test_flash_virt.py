@@ -256,3 +256,18 @@ def test_wrong_key_for_bundle_refused_before_any_burn(tmp_path: Path) -> None:
                 key_provider=lambda: os.urandom(32))
     assert "nothing was burned or written" in str(err.value)
     _assert_untouched(tmp_path, s, before)
+
+
+class InterruptedFlash(MemoryFlash):
+    def write(self, offset: int, data: bytes) -> None:
+        raise KeyboardInterrupt
+
+
+def test_ctrl_c_mid_write_is_reported_and_journaled(tmp_path: Path) -> None:
+    j = job("esp32c3")
+    s = session(tmp_path, "esp32c3", flash=InterruptedFlash(0x400000))
+    with pytest.raises(FlashError, match=r"interrupted \(Ctrl-C\).*nothing locked yet"):
+        run(tmp_path, j, s)
+    data = json.loads((tmp_path / JOURNAL_NAME).read_text())
+    assert data["status"] == "failed"
+    assert data["burn_started_mac"] == "24:a1:60:0a:1b:2c"

@@ -204,7 +204,7 @@ class EfuseDriver:
                 self._queue(commands, step, material)
             if not commands.burn_all(check_batch_mode=True):
                 raise FlashError("espefuse did not burn the batch: nothing was confirmed")
-        except esptool.FatalError as error:
+        except (esptool.FatalError, OSError) as error:
             raise FlashError(
                 f"espefuse refused or failed a burn ({'; '.join(s.describe() for s in steps)})"
                 f": {error}"

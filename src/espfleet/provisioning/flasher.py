@@ -251,6 +251,7 @@ def execute(
                 done.written.append(image.label)
                 journal.mark(f"written:{image.label}")
             _verify(session, image)
+            say(f"verified {image.label} (the chip's MD5 matches the bundle)")
             done.verified.append(image.label)
             journal.mark(f"verified:{image.label}")
         done.stage = "post_flash"
@@ -265,8 +266,9 @@ def execute(
             say("burning the download-mode lock (last)")
             session.efuses.burn(lock, {})
             _record_locks(lock, done, journal)
-    except EspfleetError as error:
-        message = _failure_report(job.device_id, session.port, done, error)
+    except (EspfleetError, KeyboardInterrupt) as error:
+        cause = "interrupted (Ctrl-C)" if isinstance(error, KeyboardInterrupt) else error
+        message = _failure_report(job.device_id, session.port, done, cause)
         journal.finish("failed", message)
         raise FlashError(message) from error
     journal.finish("flashed")
@@ -338,7 +340,7 @@ def _record_locks(steps: Sequence[EfuseStep], done: _Progress, journal: FlashJou
         journal.mark(f"efuse:{step.describe()}")
 
 
-def _failure_report(device_id: str, port: str, done: _Progress, error: Exception) -> str:
+def _failure_report(device_id: str, port: str, done: _Progress, error: object) -> str:
     rerun = f"espfleet flash {device_id} --port {port}"
     burned = f"eFuses burned: {done.efuses or 'none'}"
     written = f"images written: {done.written or 'none'}; verified: {done.verified or 'none'}"
