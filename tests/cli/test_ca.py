@@ -1,0 +1,91 @@
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from espfleet.cli import main
+from espfleet.pki.ca import fingerprint_sha256
+from espfleet.pki.crl import crl_number, load_crl
+from espfleet.workspace import Workspace
+
+Snapshot = Callable[[Path], dict[str, str]]
+
+
+def test_ca_show_json(fleet_workspace: Path) -> None:
+    result = CliRunner().invoke(main, ["ca", "show", "--json"])
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.output)
+    ws = Workspace.open(fleet_workspace)
+    assert info["root_ca"]["path"] == str(fleet_workspace / "pki/root-ca.pem")
+    assert info["issuing_ca"]["fingerprint_sha256"] == fingerprint_sha256(ws.issuing_cert)
+    assert set(info["servers"]) == {"broker", "ota"}
+    assert info["crl"]["path"] == str(fleet_workspace / "pki/crl.pem")
+    assert info["secure_boot"]["public_key_digest_sha256"] == ws.secure_boot_digest().hex()
+
+
+def test_ca_show_text_and_workspace_option(
+    fleet_workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("ESPFLEET_WORKSPACE")
+    result = CliRunner().invoke(main, ["-w", str(fleet_workspace), "ca", "show"])
+    assert result.exit_code == 0, result.output
+    assert "Fleet Root CA" in result.output and "secure boot" in result.output
+
+
+def test_ca_show_outside_a_workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ESPFLEET_WORKSPACE", str(tmp_path))
+    result = CliRunner().invoke(main, ["ca", "show", "--json"])
+    assert result.exit_code == 1
+    assert "not an espfleet workspace" in result.output
+
+
+def test_ca_crl_json_and_out(fleet_workspace: Path, tmp_path: Path) -> None:
+    out = tmp_path / "published.crl.pem"
+    result = CliRunner().invoke(main, ["ca", "crl", "--out", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.output)
+    assert info["revoked"] == [] and info["this_update"] and info["next_update"]
+    assert "Issuing CA" in info["issuer"]
+    assert out.read_bytes() == (fleet_workspace / "pki/crl.pem").read_bytes()
+    text = subprocess.run(
+        ["openssl", "crl", "-in", str(out), "-noout", "-text"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    assert "Next Update" in text
+
+
+def test_ca_crl_pem_and_refresh(fleet_workspace: Path) -> None:
+    plain = CliRunner().invoke(main, ["ca", "crl"])
+    assert plain.output.startswith("-----BEGIN X509 CRL-----")
+    result = CliRunner().invoke(main, ["ca", "crl", "--refresh", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["number"] == 2
+    assert crl_number(load_crl((fleet_workspace / "pki/crl.pem").read_bytes())) == 2
+
+
+def test_ca_crl_refresh_with_wrong_passphrase_changes_nothing(
+    fleet_workspace: Path, snapshot: Snapshot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ESPFLEET_PASSPHRASE", "definitely wrong")
+    before = snapshot(fleet_workspace)
+    result = CliRunner().invoke(main, ["ca", "crl", "--refresh"])
+    assert result.exit_code == 2 and "check ESPFLEET_PASSPHRASE" in result.output
+    assert snapshot(fleet_workspace) == before
+
+
+def test_ca_reseal_after_edit(fleet_workspace: Path) -> None:
+    toml = fleet_workspace / "fleet.toml"
+    toml.write_text(toml.read_text().replace("crl_days = 30", "crl_days = 7"))
+    refused = CliRunner().invoke(main, ["ca", "show"])
+    assert refused.exit_code == 1 and "espfleet ca reseal" in refused.output
+    result = CliRunner().invoke(main, ["ca", "reseal", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["changed"] == ["fleet.toml"]
+    assert CliRunner().invoke(main, ["ca", "show"]).exit_code == 0

@@ -1,0 +1,250 @@
+"""`espfleet cert` through CliRunner; every bad input leaves the workspace byte-for-byte."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from espfleet.cli import main
+from espfleet.pki.keys import decrypt_private_key, is_encrypted_pem
+from espfleet.pki.verify import verify_client_chain
+from espfleet.workspace import Workspace
+
+Snapshot = Callable[[Path], dict[str, str]]
+DEVICE = "esp32-24a1600a1b2c"
+PASS = b"correct horse battery staple"
+
+
+def run(*args: str) -> Result:
+    return CliRunner().invoke(main, list(args))
+
+
+def run_json(*args: str) -> Any:
+    result = run(*args, "--json")
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)
+
+
+def make_csr(tmp_path: Path, common_name: str, *, broken: bool = False) -> Path:
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+        .sign(key, hashes.SHA256())
+    )
+    der = bytearray(csr.public_bytes(serialization.Encoding.DER))
+    if broken:
+        der[-1] ^= 0x01
+    path = tmp_path / f"{common_name}{'-broken' if broken else ''}.csr"
+    path.write_bytes(bytes(der))
+    return path
+
+
+def openssl_verify(workspace: Path, cert: Path) -> None:
+    subprocess.run(
+        [
+            "openssl",
+            "verify",
+            "-purpose",
+            "sslclient",
+            "-CAfile",
+            str(workspace / "pki/root-ca.pem"),
+            "-untrusted",
+            str(workspace / "pki/issuing-ca.pem"),
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
+
+
+def test_issue_factory_path_stores_an_encrypted_key(fleet_workspace: Path) -> None:
+    info = run_json("cert", "issue", DEVICE)
+    files = {name: Path(path) for name, path in info["files"].items()}
+    assert files["cert"].parent == fleet_workspace / "pki/devices" / DEVICE
+    assert info["key_encrypted"] is True and info["status"] == "active"
+    key_pem = files["key"].read_bytes()
+    assert is_encrypted_pem(key_pem)
+    key = decrypt_private_key(key_pem, PASS, name="device key")
+    cert = x509.load_pem_x509_certificate(files["cert"].read_bytes())
+    assert cert.public_key() == key.public_key()
+    openssl_verify(fleet_workspace, files["cert"])
+    ws = Workspace.open(fleet_workspace)
+    verify_client_chain(cert, ws.issuing_cert, ws.root_cert, at=cert.not_valid_before_utc)
+    assert files["chain"].read_bytes() == ws.chain_pem()
+    with ws.registry() as registry:
+        assert registry.active_certificate(DEVICE).serial == info["serial"]  # type: ignore[union-attr]
+        assert registry.get_device(DEVICE).mac == "24a1600a1b2c"  # type: ignore[union-attr]
+
+
+def test_issue_out_of_workspace_writes_a_plain_key_with_a_warning(
+    fleet_workspace: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "to-device"
+    result = CliRunner().invoke(main, ["cert", "issue", DEVICE, "--out", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    assert "UNENCRYPTED" in result.stderr
+    info = json.loads(result.stdout)
+    assert info["key_encrypted"] is False
+    key_path = out / "device.key.pem"
+    assert (key_path.stat().st_mode & 0o777) == 0o600
+    assert key_path.read_bytes().startswith(b"-----BEGIN PRIVATE KEY-----")
+    openssl_verify(fleet_workspace, out / "device.pem")
+
+
+def test_issue_from_csr(fleet_workspace: Path, tmp_path: Path) -> None:
+    info = run_json("cert", "issue", DEVICE, "--csr", str(make_csr(tmp_path, DEVICE)))
+    assert "key" not in info["files"] and info["key_encrypted"] is None
+    openssl_verify(fleet_workspace, Path(info["files"]["cert"]))
+
+
+def test_renew_supersedes_the_active_certificate(fleet_workspace: Path) -> None:
+    first = run_json("cert", "issue", DEVICE)
+    second = run_json("cert", "issue", DEVICE, "--renew")
+    assert second["renewed"] is True and second["superseded"] == first["serial"]
+    listed = {c["serial"]: c["status"] for c in run_json("cert", "list")}
+    assert listed == {first["serial"]: "superseded", second["serial"]: "active"}
+
+
+def test_revoke_by_serial_publishes_the_crl(fleet_workspace: Path) -> None:
+    issued = run_json("cert", "issue", DEVICE)
+    info = run_json("cert", "revoke", issued["serial"], "--reason", "key_compromise")
+    assert [r["serial"] for r in info["revoked"]] == [issued["serial"]]
+    text = subprocess.run(
+        ["openssl", "crl", "-in", str(fleet_workspace / "pki/crl.pem"), "-text", "-noout"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    assert issued["serial"].upper() in text.replace(":", "").upper()
+    assert "Key Compromise" in text
+    crl = run_json("ca", "crl")
+    assert [r["serial"] for r in crl["revoked"]] == [issued["serial"]]
+    assert crl["number"] == 2
+
+
+def test_revoke_by_device_id_marks_the_device_revoked(fleet_workspace: Path) -> None:
+    run_json("cert", "issue", DEVICE)
+    run_json("cert", "revoke", DEVICE)
+    with Workspace.open(fleet_workspace).registry() as registry:
+        assert registry.get_device(DEVICE).status == "revoked"  # type: ignore[union-attr]
+    refused = run("cert", "issue", DEVICE, "--renew")
+    assert refused.exit_code == 2 and "revoked device gets no certificate" in refused.output
+
+
+def test_list_expiring_within(fleet_workspace: Path) -> None:
+    run_json("cert", "issue", DEVICE)
+    assert run_json("cert", "list", "--expiring-within", "30") == []
+    [soon] = run_json("cert", "list", "--expiring-within", "800")
+    assert soon["device_id"] == DEVICE
+    table = run("cert", "list")
+    assert table.exit_code == 0 and DEVICE in table.output
+
+
+# -- bad input: a clear error, the right exit code, and nothing changed on disk ----------
+
+
+def _bad_input_cases(tmp_path: Path) -> dict[str, tuple[list[str], int, str]]:
+    return {
+        "invalid_device_id": (["cert", "issue", "ESP32 bad"], 2, "invalid device id"),
+        "csr_for_another_device": (
+            ["cert", "issue", DEVICE, "--csr", str(make_csr(tmp_path, "esp32-000000000001"))],
+            2,
+            "only request a certificate for its own id",
+        ),
+        "csr_with_broken_signature": (
+            ["cert", "issue", DEVICE, "--csr", str(make_csr(tmp_path, DEVICE, broken=True))],
+            2,
+            "broken signature",
+        ),
+        "missing_csr_file": (
+            ["cert", "issue", DEVICE, "--csr", str(tmp_path / "nope.csr")],
+            2,
+            "cannot read the CSR",
+        ),
+        "already_active_without_renew": (["cert", "issue", "esp32-aaaaaaaaaaaa"], 2, "--renew"),
+        "revoke_unknown_serial": (["cert", "revoke", "0123abcd"], 2, "neither a device id nor"),
+        "revoke_garbage": (["cert", "revoke", "not-a-thing!"], 2, "neither a device id nor"),
+        "revoke_twice": (["cert", "revoke", "esp32-bbbbbbbbbbbb"], 2, "already revoked"),
+        "bad_reason": (["cert", "revoke", "esp32-aaaaaaaaaaaa", "--reason", "meh"], 2, "meh"),
+    }
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "invalid_device_id",
+        "csr_for_another_device",
+        "csr_with_broken_signature",
+        "missing_csr_file",
+        "already_active_without_renew",
+        "revoke_unknown_serial",
+        "revoke_garbage",
+        "revoke_twice",
+        "bad_reason",
+    ],
+)
+def test_bad_input_changes_nothing(
+    fleet_workspace: Path, tmp_path: Path, snapshot: Snapshot, case: str
+) -> None:
+    run_json("cert", "issue", "esp32-aaaaaaaaaaaa")
+    run_json("cert", "issue", "esp32-bbbbbbbbbbbb")
+    run_json("cert", "revoke", "esp32-bbbbbbbbbbbb")
+    args, code, message = _bad_input_cases(tmp_path)[case]
+    before = snapshot(fleet_workspace)
+    result = run(*args)
+    assert result.exit_code == code, result.output
+    assert message in result.output
+    assert "Traceback" not in result.output
+    assert snapshot(fleet_workspace) == before
+
+
+def test_wrong_passphrase_changes_nothing(
+    fleet_workspace: Path, snapshot: Snapshot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run_json("cert", "issue", "esp32-aaaaaaaaaaaa")
+    monkeypatch.setenv("ESPFLEET_PASSPHRASE", "wrong passphrase")
+    before = snapshot(fleet_workspace)
+    for args in (["cert", "issue", DEVICE], ["cert", "revoke", "esp32-aaaaaaaaaaaa"]):
+        result = run(*args)
+        assert result.exit_code == 2
+        assert "the passphrase does not decrypt pki/issuing-ca.key.pem" in result.output
+    assert snapshot(fleet_workspace) == before
+
+
+@pytest.mark.parametrize("victim", ["fleet.toml", "pki/issuing-ca.pem", "registry.db"])
+def test_missing_or_tampered_workspace_file_changes_nothing(
+    fleet_workspace: Path, snapshot: Snapshot, victim: str
+) -> None:
+    # registry.db changes with every operation, so it is not signed: only its loss is caught
+    for damage in ("tamper", "remove") if victim != "registry.db" else ("remove",):
+        path = fleet_workspace / victim
+        original = path.read_bytes()
+        if damage == "remove":
+            path.unlink()
+        else:
+            path.write_bytes(
+                original.replace(b"30", b"31", 1) if victim == "fleet.toml" else original[:-40]
+            )
+        before = snapshot(fleet_workspace)
+        for args in (["cert", "issue", DEVICE], ["cert", "list"], ["ca", "show"]):
+            result = run(*args)
+            assert result.exit_code == 1, (victim, damage, args, result.output)
+            assert "Traceback" not in result.output
+        assert snapshot(fleet_workspace) == before
+        path.write_bytes(original)
+
+
+def test_debug_shows_a_traceback(fleet_workspace: Path) -> None:
+    result = run("--debug", "cert", "issue", "nope nope")
+    assert result.exit_code == 2 and "Traceback" in result.output
