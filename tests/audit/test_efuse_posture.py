@@ -169,3 +169,43 @@ def test_wrong_size_file_is_bad_input(tmp_path: Path) -> None:
         read_efuse_file("esp32s3", path)
     with pytest.raises(InputError, match="cannot read"):
         read_efuse_file("esp32", tmp_path / "missing.bin")
+
+
+def test_cli_release_file_passes_and_foreign_fleet_fails(
+    tmp_path: Path, fleet_workspace: Path
+) -> None:
+    """With --workspace the digest must be this fleet's signing key's."""
+    import json
+
+    from click.testing import CliRunner
+
+    from espfleet.cli import main
+    from espfleet.workspace import Workspace
+
+    path = provisioned(tmp_path, "esp32c3", "release")
+    ok = CliRunner().invoke(main, ["audit", "efuse", str(path), "--chip", "esp32c3"])
+    assert ok.exit_code == 0, ok.output
+    assert "PASS: no finding at or above high (0 below)" in ok.output
+
+    fleet = Workspace.open(fleet_workspace).secure_boot_digest()
+    assert fleet != DIGEST
+    result = CliRunner().invoke(main, ["audit", "efuse", str(path), "--chip", "esp32c3",
+                                       "--workspace", str(fleet_workspace), "--json"])
+    assert result.exit_code == 1
+    out = json.loads(result.output)
+    assert out["expected_digest"] == fleet.hex()
+    assert [f["kind"] for f in out["findings"]] == ["sb-digest-foreign"]
+
+
+def test_cli_development_chip_audited_as_development(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from espfleet.cli import main
+
+    path = provisioned(tmp_path, "esp32", "development")
+    dev = CliRunner().invoke(main, ["audit", "efuse", str(path), "--chip", "esp32",
+                                    "--mode", "development"])
+    assert dev.exit_code == 0, dev.output
+    assert "note (development mode leaves open): JTAG stays enabled" in dev.output
+    rel = CliRunner().invoke(main, ["audit", "efuse", str(path), "--chip", "esp32"])
+    assert rel.exit_code == 1
