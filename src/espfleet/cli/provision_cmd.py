@@ -1,13 +1,179 @@
-"""`espfleet provision` (placeholder until its issue lands: it says so and fails)."""
+"""`espfleet provision`: build per-device secure bundles, in parallel, resumably."""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
+from pathlib import Path
+
 import click
 
-from espfleet.errors import EspfleetError
+from espfleet.backend.registry import Registry
+from espfleet.chips import chip_facts
+from espfleet.cli._context import CliContext, get_passphrase
+from espfleet.cli._output import echo_json, err_console
+from espfleet.errors import InputError, ProvisioningError
+from espfleet.provisioning.batch import BatchReport, DeviceResult, run_batch
+from espfleet.provisioning.inputs import load_firmware
+from espfleet.provisioning.macs import MacEntry, parse_mac_list
+from espfleet.provisioning.plan import FleetPolicy
+from espfleet.provisioning.prepare import (
+    Allocation,
+    build_policy,
+    record_allocation,
+    requests_for,
+)
+from espfleet.workspace import Workspace
+from espfleet.workspace.authority import IssuingAuthority
+
+WIFI_PASS_ENV = "ESPFLEET_WIFI_PASSWORD"
 
 
 @click.command(name="provision")
-def provision() -> None:
-    """Not built yet."""
-    raise EspfleetError("'espfleet provision' is not built yet in this version of espfleet")
+@click.option("--count", type=click.IntRange(min=1), help="Allocate N locally administered MACs.")
+@click.option(
+    "--macs", "macs_file", type=click.Path(dir_okay=False, path_type=Path),
+    help="CSV of base MACs (mac[,wifi_ssid,wifi_pass]), one device per line.",
+)
+@click.option("--device-id", "device_ids", multiple=True, help="A device id <chip>-<12 hex MAC>.")
+@click.option(
+    "--firmware", required=True, type=click.Path(path_type=Path),
+    help="App image, PlatformIO build dir (.pio/build/<env>) or ESP-IDF build dir.",
+)
+@click.option(
+    "--bootloader", type=click.Path(dir_okay=False, path_type=Path),
+    help="Security-enabled bootloader built once with ESP-IDF (required in release mode "
+    "unless the ESP-IDF build has one).",
+)
+@click.option(
+    "--mode", type=click.Choice(["release", "development"]), default="release",
+    show_default=True, help="development leaves flash encryption reversible and JTAG/UART open.",
+)
+@click.option("--flash-size", help="Flash size (e.g. 4MB); default: the build's, else fleet.toml.")
+@click.option("--merged", is_flag=True, help="Also write one merged image per device.")
+@click.option("--wifi-ssid", help=f"Wi-Fi SSID for every device (password from ${WIFI_PASS_ENV}).")
+@click.option("--jobs", type=click.IntRange(min=1), help="Worker processes (default: CPU count).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.pass_obj
+def provision(
+    obj: CliContext,
+    count: int | None,
+    macs_file: Path | None,
+    device_ids: tuple[str, ...],
+    firmware: Path,
+    bootloader: Path | None,
+    mode: str,
+    flash_size: str | None,
+    merged: bool,
+    wifi_ssid: str | None,
+    jobs: int | None,
+    as_json: bool,
+) -> None:
+    """Build a secure bundle per device in bundles/<device-id>/.
+
+    Each device gets its own flash-encryption key, NVS keys, P-256 key and certificate
+    from the fleet CA and a recovery secret; bootloader and app are signed once with
+    the fleet's Secure Boot V2 key; every encrypted partition is pre-encrypted at its
+    offset. Devices already provisioned are skipped, so a re-run resumes. Nothing is
+    burned or flashed: `espfleet flash` does that.
+    """
+    chosen = [name for name, given in (
+        ("--count", count is not None), ("--macs", macs_file is not None),
+        ("--device-id", bool(device_ids))) if given]
+    if len(chosen) != 1:
+        raise InputError(
+            "name the devices with exactly one of --count N, --macs FILE or --device-id ID"
+            + (f" (got {' and '.join(chosen)})" if chosen else "")
+        )
+    workspace = Workspace.open(obj.workspace_dir)
+    chip = workspace.config.chip
+    entries: tuple[MacEntry, ...] = ()
+    if macs_file is not None:
+        try:
+            text = macs_file.read_text()
+        except FileNotFoundError:
+            raise InputError(f"--macs {macs_file} does not exist") from None
+        entries = parse_mac_list(text, source=str(macs_file))
+    wifi_pass = os.environ.get(WIFI_PASS_ENV)
+    if wifi_pass is not None and wifi_ssid is None:
+        raise InputError(f"${WIFI_PASS_ENV} is set but --wifi-ssid is not")
+    source = load_firmware(firmware, bootloader=bootloader)
+    passphrase = get_passphrase(purpose="the fleet's keys")
+    signing_key = workspace.signing_key(passphrase)
+    authority = workspace.ca(passphrase)
+    policy = build_policy(
+        workspace=workspace, source=source, signing_key=signing_key, mode=mode,
+        flash_size=flash_size, merged=merged,
+    )
+    if mode == "development":
+        err_console.print(f"[yellow]warning:[/] development mode on {chip} leaves open:")
+        for line in policy.efuse_plan.leaves_open():
+            err_console.print(f"  - {line}")
+    registry = workspace.registry()
+    try:
+        allocation = requests_for(
+            chip, entries=entries, device_ids=device_ids, count=count, registry=registry,
+            wifi_ssid=wifi_ssid, wifi_pass=wifi_pass,
+        )
+        if allocation.new_macs:
+            record_allocation(registry, chip, mode, allocation.new_macs)
+        report = _run(
+            allocation, policy, authority, registry, workspace, passphrase, jobs, quiet=as_json
+        )
+    finally:
+        registry.close()
+        authority.close()
+    if as_json:
+        echo_json({**report.to_json(), "chip": chip, "mode": mode,
+                   "bundles": str(workspace.bundles_dir)})
+    else:
+        click.echo(
+            f"{report.count('built')} built, {report.count('skipped')} already done, "
+            f"{report.count('failed')} failed in {report.seconds:.1f} s "
+            f"({chip_facts(chip).description}, {mode}); bundles in {workspace.bundles_dir}"
+        )
+        for result in report.results:
+            if result.status == "failed":
+                click.echo(f"  {result.device_id}: {result.error}", err=True)
+    if report.count("failed"):
+        raise ProvisioningError(
+            f"{report.count('failed')} device(s) failed (see above); fix the cause and run "
+            "the same command again: finished devices are skipped"
+        )
+
+
+def _run(
+    allocation: Allocation,
+    policy: FleetPolicy,
+    authority: IssuingAuthority,
+    registry: Registry,
+    workspace: Workspace,
+    passphrase: bytes,
+    jobs: int | None,
+    *,
+    quiet: bool,
+) -> BatchReport:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    def run(on_result: Callable[[DeviceResult], None] | None = None) -> BatchReport:
+        return run_batch(
+            requests=allocation.requests, policy=policy, ca=authority.authority,
+            registry=registry, bundles_dir=workspace.bundles_dir,
+            vault_dir=workspace.vault_dir, passphrase=passphrase, jobs=jobs,
+            on_result=on_result,
+        )
+
+    if quiet or not allocation.requests:
+        return run()
+    # No refresh thread: worker processes are forked while the bar is shown.
+    with Progress(
+        "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+        TimeElapsedColumn(), console=err_console, transient=True, auto_refresh=False,
+    ) as progress:
+        task = progress.add_task("provisioning", total=len(allocation.requests))
+
+        def advance(_result: DeviceResult) -> None:
+            progress.advance(task)
+            progress.refresh()
+
+        return run(advance)
