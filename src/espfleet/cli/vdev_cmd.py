@@ -188,40 +188,43 @@ def boot_cmd(ctx: click.Context, name: str, as_json: bool) -> None:
         ctx.exit(1)
 
 
-@vdev.command(name="dump")
-@click.argument("name")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True)
-@click.option("--json", "as_json", is_flag=True)
-@click.pass_context
-def dump(ctx: click.Context, name: str, out: Path, as_json: bool) -> None:
-    """Write NAME's raw flash to --out, as an attacker with a clip on the flash reads it."""
+def _export(ctx: click.Context, name: str, out: Path, as_json: bool, what: str) -> None:
+    """Write one of NAME's stored images (``flash`` or ``efuse``) to ``out``."""
     from espfleet.device.store import load_vdev
 
     chip = load_vdev(_vdev_dir(ctx, name))
-    data = chip.flash.snapshot()
+    data = chip.flash.snapshot() if what == "flash" else chip.efuse_bytes()
     atomic_write(out, data)
     if as_json:
         echo_json({"name": name, "out": str(out), "bytes": len(data)})
-    else:
+    elif what == "flash":
         console.print(f"Wrote {len(data)} bytes of raw flash of {name} to {out}")
-
-
-@vdev.command(name="efuse")
-@click.argument("name")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True)
-@click.option("--json", "as_json", is_flag=True)
-@click.pass_context
-def efuse(ctx: click.Context, name: str, out: Path, as_json: bool) -> None:
-    """Write NAME's eFuse file (espefuse --virt format; read-protected keys as zeros)."""
-    from espfleet.device.store import load_vdev
-
-    chip = load_vdev(_vdev_dir(ctx, name))
-    data = chip.efuse_bytes()
-    atomic_write(out, data)
-    if as_json:
-        echo_json({"name": name, "out": str(out), "bytes": len(data)})
     else:
         console.print(
             f"Wrote the {len(data)}-byte eFuse file of {name} to {out} "
             f"(read it with: espefuse --chip {chip.chip} --virt --path-efuse-file {out} summary)"
         )
+
+
+_OUT = click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True)
+_JSON = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+
+
+@vdev.command(name="dump")
+@click.argument("name")
+@_OUT
+@_JSON
+@click.pass_context
+def dump(ctx: click.Context, name: str, out: Path, as_json: bool) -> None:
+    """Write NAME's raw flash to --out, as an attacker with a clip on the flash reads it."""
+    _export(ctx, name, out, as_json, "flash")
+
+
+@vdev.command(name="efuse")
+@click.argument("name")
+@_OUT
+@_JSON
+@click.pass_context
+def efuse(ctx: click.Context, name: str, out: Path, as_json: bool) -> None:
+    """Write NAME's eFuse file (espefuse --virt format; read-protected keys as zeros)."""
+    _export(ctx, name, out, as_json, "efuse")

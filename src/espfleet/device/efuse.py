@@ -267,26 +267,22 @@ class EfuseController:
             raise DeviceError(
                 f"eFuse {name} is write-protected: the burn has no effect on this chip"
             )
-        start = self._block(field.block).rd_offset + field.word * 4
-        nwords = (field.pos + field.bit_len + 31) // 32
-        shifted = value << field.pos
-        for i in range(nwords):
-            word = (shifted >> (32 * i)) & 0xFFFFFFFF
-            if word:
-                self._ctl.update_reg(self.base + start + 4 * i, 0xFFFFFFFF, word)
+        self._or_into_registers(field, value)
         self._ctl.check_rd_protection_area()
         self.changed = True
 
     def set_raw(self, name: str, value: int) -> None:
         """Factory-time programming (MAC, revision): no write-protection check."""
-        field = self.field(name)
-        start = self._block(field.block).rd_offset + field.word * 4
+        self._or_into_registers(self.field(name), value)
+        self._capture()
+
+    def _or_into_registers(self, field: FieldDef, value: int) -> None:
+        start = self.base + self._block(field.block).rd_offset + field.word * 4
         shifted = value << field.pos
         for i in range((field.pos + field.bit_len + 31) // 32):
             word = (shifted >> (32 * i)) & 0xFFFFFFFF
             if word:
-                self._ctl.update_reg(self.base + start + 4 * i, 0xFFFFFFFF, word)
-        self._capture()
+                self._ctl.update_reg(start + 4 * i, 0xFFFFFFFF, word)
 
     def set_chip_revision(self, revision: int) -> None:
         """Factory programming of the wafer revision fields (espefuse's own mapping)."""
