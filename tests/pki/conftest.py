@@ -14,8 +14,7 @@ def hierarchy() -> CaHierarchy:
     return new_hierarchy(org="Acme", root_days=7300, issuing_days=1825, now=NOW)
 
 
-@pytest.fixture(scope="session")
-def authority(hierarchy: CaHierarchy) -> CertificateAuthority:
+def _authority(hierarchy: CaHierarchy) -> CertificateAuthority:
     return CertificateAuthority(
         org="Acme",
         root_cert=hierarchy.root_cert,
@@ -25,6 +24,17 @@ def authority(hierarchy: CaHierarchy) -> CertificateAuthority:
         server_days=825,
         crl_days=30,
     )
+
+
+@pytest.fixture(scope="session")
+def authority(hierarchy: CaHierarchy) -> CertificateAuthority:
+    return _authority(hierarchy)
+
+
+@pytest.fixture(scope="session")
+def foreign_authority() -> CertificateAuthority:
+    """Another CA with the same names: what an attacker would stand up."""
+    return _authority(new_hierarchy(org="Acme", root_days=7300, issuing_days=1825, now=NOW))
 
 
 @pytest.fixture(scope="session")

@@ -19,7 +19,6 @@ from espfleet.pki.ca import (
     IssuedCert,
     cert_pem,
     format_serial,
-    new_hierarchy,
     parse_serial,
 )
 from espfleet.pki.keys import generate_ec_key
@@ -152,18 +151,12 @@ def test_expired_certificate_is_rejected(
 
 
 def test_certificate_from_a_foreign_ca_is_rejected(
-    hierarchy: CaHierarchy, now: dt.datetime, tmp_path: Path
+    hierarchy: CaHierarchy,
+    foreign_authority: CertificateAuthority,
+    now: dt.datetime,
+    tmp_path: Path,
 ) -> None:
-    foreign = new_hierarchy(org="Acme", root_days=7300, issuing_days=1825, now=now)
-    rogue = CertificateAuthority(
-        org="Acme",
-        root_cert=foreign.root_cert,
-        issuing_cert=foreign.issuing_cert,
-        issuing_key=foreign.issuing_key,
-        device_days=730,
-        server_days=825,
-        crl_days=30,
-    )
+    rogue = foreign_authority
     issued = rogue.issue_device_cert(DEVICE, now=now)
     with pytest.raises(PkiError):
         verify_client_chain(issued.certificate, hierarchy.issuing_cert, hierarchy.root_cert, at=now)

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from espfleet.errors import InputError, PkiError
-from espfleet.pki.ca import CaHierarchy, CertificateAuthority, new_hierarchy
+from espfleet.pki.ca import CaHierarchy, CertificateAuthority
 from espfleet.pki.crl import (
     REVOCATION_REASONS,
     RevokedEntry,
@@ -61,17 +61,10 @@ def test_revoked_serial_shows_in_openssl_crl_text(
         check_not_revoked(issued.certificate, load_crl(pem), hierarchy.issuing_cert)
 
 
-def test_crl_signed_by_a_foreign_ca_is_rejected(hierarchy: CaHierarchy, now: dt.datetime) -> None:
-    foreign = new_hierarchy(org="Acme", root_days=7300, issuing_days=1825, now=now)
-    rogue = CertificateAuthority(
-        org="Acme",
-        root_cert=foreign.root_cert,
-        issuing_cert=foreign.issuing_cert,
-        issuing_key=foreign.issuing_key,
-        device_days=730,
-        server_days=825,
-        crl_days=30,
-    )
+def test_crl_signed_by_a_foreign_ca_is_rejected(
+    hierarchy: CaHierarchy, foreign_authority: CertificateAuthority, now: dt.datetime
+) -> None:
+    rogue = foreign_authority
     crl = load_crl(rogue.sign_crl([], number=1, now=now))
     with pytest.raises(PkiError, match="not signed by the issuing CA"):
         verify_crl(crl, hierarchy.issuing_cert)

@@ -88,46 +88,38 @@ def test_server_certificates_verify_for_their_hosts(fleet_workspace: Path) -> No
             )
 
 
+def espsecure_digest(keyfile: Path, tmp_path: Path) -> bytes:
+    """The reference: `espsecure digest-sbv2-public-key` run as a command."""
+    out = tmp_path / "digest.bin"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "espsecure",
+            "digest-sbv2-public-key",
+            "-k",
+            str(keyfile),
+            "-o",
+            str(out),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return out.read_bytes()
+
+
 def test_secure_boot_key_and_digest_match_espsecure(fleet_workspace: Path, tmp_path: Path) -> None:
     ws = Workspace.open(fleet_workspace)
     key = ws.signing_key(PASS)
     assert isinstance(key, rsa.RSAPrivateKey) and key.key_size == 3072
-    out = tmp_path / "digest.bin"
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "espsecure",
-            "digest-sbv2-public-key",
-            "-k",
-            str(fleet_workspace / "keys/secure_boot_signing_key.pub.pem"),
-            "-o",
-            str(out),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    assert ws.secure_boot_digest() == out.read_bytes()
+    pub = fleet_workspace / "keys/secure_boot_signing_key.pub.pem"
+    assert ws.secure_boot_digest() == espsecure_digest(pub, tmp_path)
 
 
 def test_secure_boot_digest_of_espressif_vector_key(vectors: Path, tmp_path: Path) -> None:
     pem = (vectors / "rsa_secure_boot_signing_pubkey.pem").read_bytes()
-    out = tmp_path / "digest.bin"
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "espsecure",
-            "digest-sbv2-public-key",
-            "-k",
-            str(vectors / "rsa_secure_boot_signing_key.pem"),
-            "-o",
-            str(out),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    assert secure_boot_digest(pem) == out.read_bytes()
+    reference = espsecure_digest(vectors / "rsa_secure_boot_signing_key.pem", tmp_path)
+    assert secure_boot_digest(pem) == reference
 
 
 def test_wrong_passphrase_is_a_passphrase_error(fleet_workspace: Path, snapshot: Snapshot) -> None:

@@ -111,19 +111,28 @@ def _build(
     return builder.sign(issuer.key, hashes.SHA256())
 
 
+def _ca_certificate(
+    key: PrivateKey, *, org: str, label: str, days: int, now: dt.datetime, issuer: _Issuer,
+    path_length: int,
+) -> x509.Certificate:
+    return _build(
+        subject=_name(org, f"{org} Fleet {label} CA"),
+        public_key=key.public_key(),
+        issuer=issuer,
+        now=now,
+        days=days,
+        path_length=path_length,
+        ca=True,
+        extensions=[(_key_usage(signing=issuer.cert is not None, ca=True), True)],
+    )
+
+
 def root_ca_certificate(
     key: PrivateKey, *, org: str, days: int, now: dt.datetime
 ) -> x509.Certificate:
     """Self-signed root, pathLen 1 (it signs only the issuing CA)."""
-    return _build(
-        subject=_name(org, f"{org} Fleet Root CA"),
-        public_key=key.public_key(),
-        issuer=_Issuer(None, key),
-        now=now,
-        days=days,
-        path_length=1,
-        ca=True,
-        extensions=[(_key_usage(signing=False, ca=True), True)],
+    return _ca_certificate(
+        key, org=org, label="Root", days=days, now=now, issuer=_Issuer(None, key), path_length=1
     )
 
 
@@ -137,15 +146,9 @@ def issuing_ca_certificate(
     root_key: PrivateKey,
 ) -> x509.Certificate:
     """Issuing CA signed by the root, pathLen 0 (it signs only end entities and the CRL)."""
-    return _build(
-        subject=_name(org, f"{org} Fleet Issuing CA"),
-        public_key=key.public_key(),
-        issuer=_Issuer(root_cert, root_key),
-        now=now,
-        days=days,
-        path_length=0,
-        ca=True,
-        extensions=[(_key_usage(signing=True, ca=True), True)],
+    return _ca_certificate(
+        key, org=org, label="Issuing", days=days, now=now,
+        issuer=_Issuer(root_cert, root_key), path_length=0,
     )
 
 

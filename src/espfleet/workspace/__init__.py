@@ -269,25 +269,18 @@ class Workspace:
     def ca(self, passphrase: bytes) -> IssuingAuthority:
         """The issuing CA with its key decrypted (PassphraseError on a wrong passphrase)."""
         key = read_private_key(self.root / ISSUING_KEY, passphrase, name=ISSUING_KEY)
-        life = self.config.lifetimes
         try:
-            authority = CertificateAuthority(
-                org=self.config.org,
+            return IssuingAuthority(
+                **_authority_fields(self.config),
                 root_cert=self.root_cert,
                 issuing_cert=self.issuing_cert,
                 issuing_key=key,
-                device_days=life.device_days,
-                server_days=life.server_days,
-                crl_days=life.crl_days,
+                crl_path=self.root / CRL,
+                registry_url=self.registry_url,
+                chip=self.config.chip,
             )
         except PkiError as error:
             raise WorkspaceError(str(error)) from None
-        return IssuingAuthority(
-            authority,
-            crl_path=self.root / CRL,
-            registry_url=self.registry_url,
-            chip=self.config.chip,
-        )
 
     def signing_key(self, passphrase: bytes) -> rsa.RSAPrivateKey:
         key = read_private_key(self.root / SIGNING_KEY, passphrase, name=SIGNING_KEY)
@@ -419,6 +412,16 @@ def _remove_tree(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
+def _authority_fields(config: FleetConfig) -> dict[str, Any]:
+    life = config.lifetimes
+    return {
+        "org": config.org,
+        "device_days": life.device_days,
+        "server_days": life.server_days,
+        "crl_days": life.crl_days,
+    }
+
+
 def _populate(root: Path, config: FleetConfig, passphrase: bytes) -> None:
     """Write a complete workspace into ``root`` (a fresh temporary directory)."""
     for name in _DIRS:
@@ -434,13 +437,10 @@ def _populate(root: Path, config: FleetConfig, passphrase: bytes) -> None:
     write_private_key(root / ISSUING_KEY, hierarchy.issuing_key, passphrase)
     write_certificate(root / CHAIN, hierarchy.issuing_cert, hierarchy.root_cert)
     authority = CertificateAuthority(
-        org=config.org,
+        **_authority_fields(config),
         root_cert=hierarchy.root_cert,
         issuing_cert=hierarchy.issuing_cert,
         issuing_key=hierarchy.issuing_key,
-        device_days=life.device_days,
-        server_days=life.server_days,
-        crl_days=life.crl_days,
     )
     for name, hosts in (("broker", config.broker_hosts), ("ota", config.ota_hosts)):
         issued = authority.issue_server_cert(f"{config.org} {name}", hosts, now=now)

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-
-from cryptography import x509
 
 from espfleet._io import atomic_write
 from espfleet.backend.registry import CertRecord, Registry
@@ -20,23 +19,20 @@ from espfleet.device_id import parse_device_id
 from espfleet.errors import InputError
 from espfleet.pki.ca import CertificateAuthority, IssuedCert, format_serial, parse_serial, utcnow
 from espfleet.pki.crl import REVOCATION_REASONS, RevokedEntry, crl_number, load_crl, verify_crl
-from espfleet.pki.profiles import PublicKey
 from espfleet.pki.store import read_bytes
 
 __all__ = ["IssuingAuthority"]
 
 
-class IssuingAuthority:
-    """Loaded CA keys of a workspace (from :meth:`Workspace.ca`). Close it when done."""
+@dataclass(frozen=True)
+class IssuingAuthority(CertificateAuthority):
+    """The workspace's issuing CA with its key loaded (from :meth:`Workspace.ca`): the pure
+    :class:`CertificateAuthority` calls plus registry/CRL bookkeeping. Close it when done."""
 
-    def __init__(
-        self, authority: CertificateAuthority, *, crl_path: Path, registry_url: str, chip: str
-    ) -> None:
-        self.authority = authority
-        self._crl_path = crl_path
-        self._registry_url = registry_url
-        self._chip = chip
-        self._registry: Registry | None = None
+    crl_path: Path = Path("pki/crl.pem")
+    registry_url: str = ""
+    chip: str = "esp32"
+    _registry: Registry | None = field(default=None, init=False, repr=False, compare=False)
 
     def __enter__(self) -> IssuingAuthority:
         return self
@@ -47,40 +43,27 @@ class IssuingAuthority:
     def close(self) -> None:
         if self._registry is not None:
             self._registry.close()
-            self._registry = None
+            object.__setattr__(self, "_registry", None)
+
+    @property
+    def authority(self) -> CertificateAuthority:
+        """The pure, picklable CA (no registry handle) for worker processes."""
+        return CertificateAuthority(
+            org=self.org,
+            root_cert=self.root_cert,
+            issuing_cert=self.issuing_cert,
+            issuing_key=self.issuing_key,
+            device_days=self.device_days,
+            server_days=self.server_days,
+            crl_days=self.crl_days,
+        )
 
     @property
     def registry(self) -> Registry:
         if self._registry is None:
-            self._registry = Registry.open(self._registry_url)
+            object.__setattr__(self, "_registry", Registry.open(self.registry_url))
+        assert self._registry is not None
         return self._registry
-
-    @property
-    def root_cert(self) -> x509.Certificate:
-        return self.authority.root_cert
-
-    @property
-    def issuing_cert(self) -> x509.Certificate:
-        return self.authority.issuing_cert
-
-    def chain_pem(self) -> bytes:
-        return self.authority.chain_pem()
-
-    def issue_device_cert(
-        self,
-        device_id: str,
-        *,
-        public_key: PublicKey | None = None,
-        csr: x509.CertificateSigningRequest | None = None,
-        now: dt.datetime | None = None,
-    ) -> IssuedCert:
-        """Pure: see :meth:`CertificateAuthority.issue_device_cert`. Nothing is recorded."""
-        return self.authority.issue_device_cert(device_id, public_key=public_key, csr=csr, now=now)
-
-    def issue_server_cert(
-        self, common_name: str, hosts: Sequence[str], *, now: dt.datetime | None = None
-    ) -> IssuedCert:
-        return self.authority.issue_server_cert(common_name, hosts, now=now)
 
     def record(self, issued: IssuedCert, *, renew: bool = False) -> CertRecord:
         """Register ``issued`` as the device's active certificate (``renew`` supersedes the
@@ -93,7 +76,7 @@ class IssuingAuthority:
             not_after=issued.not_after,
             fingerprint_sha256=issued.fingerprint_sha256,
             kind=issued.kind,
-            chip=parsed.chip or self._chip,
+            chip=parsed.chip or self.chip,
             mac=parsed.mac.hex() if parsed.mac is not None else None,
             supersede=renew,
         )
@@ -122,7 +105,7 @@ class IssuingAuthority:
         number = self._current_crl_number() + 1
 
         def publish(revoked: Sequence[CertRecord]) -> None:
-            atomic_write(self._crl_path, self._sign(revoked, number, stamp))
+            atomic_write(self.crl_path, self._sign(revoked, number, stamp))
 
         return self.registry.revoke(
             self.resolve_serial(target), reason, now=stamp, before_commit=publish
@@ -134,11 +117,11 @@ class IssuingAuthority:
         data = self._sign(
             self.registry.certificates(status="revoked"), self._current_crl_number() + 1, stamp
         )
-        atomic_write(self._crl_path, data)
+        atomic_write(self.crl_path, data)
         return data
 
     def crl_pem(self) -> bytes:
-        return read_bytes(self._crl_path, name="pki/crl.pem")
+        return read_bytes(self.crl_path, name="pki/crl.pem")
 
     def _current_crl_number(self) -> int:
         crl = load_crl(self.crl_pem(), name="pki/crl.pem")
@@ -154,4 +137,4 @@ class IssuingAuthority:
             )
             for record in revoked
         ]
-        return self.authority.sign_crl(entries, number=number, now=now)
+        return self.sign_crl(entries, number=number, now=now)
