@@ -1,0 +1,117 @@
+"""The boot chain on release-mode virtual chips: ROM, second stage, OTA, rollback."""
+
+from __future__ import annotations
+
+import pytest
+from bootkit import Device, clone, make_device, running_app
+
+from espfleet.device.boot import HandOff, boot, security_state
+from espfleet.device.firmware import AppReport
+from espfleet.errors import DeviceError
+from espfleet.formats import otadata
+from espfleet.formats.secure_boot import PrivateKey
+
+
+@pytest.mark.parametrize("chip_name", ["esp32", "esp32s3", "esp32c3"])
+def test_release_device_boots_its_app_and_reports_identity(
+    chip_name: str, keys: list[PrivateKey]
+) -> None:
+    dev = make_device(chip_name, signing_keys=keys[:1])
+    result = boot(dev.chip)
+    assert result.started, result.log
+    assert (result.stage, result.reason, result.slot) == ("app", None, "ota_0")
+    assert result.app is not None
+    assert result.app.device_id == dev.chip.device_id
+    assert result.app.fw_version == "1.0.0"
+    assert result.app.running_slot == "ota_0"
+    assert result.app.broker_uri == "mqtts://127.0.0.1:8883"
+    log = "\n".join(result.log)
+    assert "2nd stage bootloader" in log
+    assert "Signature verified successfully" in log
+    assert "flash encryption is enabled" in log
+    assert "Pro cpu start user code" in log
+    # The log went to the chip's console too, line for line.
+    assert dev.chip.console[-len(result.log):] == list(result.log)
+
+
+def test_boot_log_is_deterministic(device: Device) -> None:
+    twin = clone(device.chip)
+    assert boot(device.chip).log == boot(twin).log
+
+
+def test_certificate_serial_comes_from_nvs(device: Device) -> None:
+    from cryptography import x509
+
+    report = boot(device.chip).app
+    assert report is not None
+    cert = x509.load_pem_x509_certificate(device.cert_pem.encode())
+    assert report.cert_serial == f"{cert.serial_number:x}"
+
+
+def test_plain_development_chip_boots_without_security(keys: list[PrivateKey]) -> None:
+    dev = make_device("esp32", signing_keys=[], encryption=False, secure_boot_on=False)
+    state = security_state(dev.chip)
+    assert not state.flash_encryption and not state.secure_boot
+    result = boot(dev.chip)
+    assert result.started, result.log
+    assert any("Flash encryption is not enabled" in line for line in result.log)
+
+
+def test_ota_update_is_pending_then_confirmed_and_burns_secure_version(device: Device) -> None:
+    fw = running_app(device.chip)
+    target = fw.write_ota(device.app("2.0.0", secure_version=2))
+    assert target.name == "ota_1"
+    entry = device.otadata().active()
+    assert entry is not None and entry.state == otadata.OtaState.NEW
+    result = boot(device.chip)
+    assert result.started and result.slot == "ota_1", result.log
+    assert result.app is not None
+    assert result.app.fw_version == "2.0.0"
+    assert result.app.confirmed_update
+    assert result.app.efuse_secure_version == 2
+    entry = device.otadata().active()
+    assert entry is not None and entry.state == otadata.OtaState.VALID
+    # Next boot: nothing left to confirm, same slot, the eFuse stays where it is.
+    again = boot(device.chip)
+    assert again.slot == "ota_1" and again.app is not None
+    assert not again.app.confirmed_update
+    assert security_state(device.chip).secure_version == 2
+
+
+def _crashing_app(handoff: HandOff) -> AppReport:
+    raise DeviceError("self-test failed: cannot reach the broker")
+
+
+def test_update_that_never_confirms_is_rolled_back(device: Device) -> None:
+    fw = running_app(device.chip)
+    fw.write_ota(device.app("2.0.0", secure_version=1))
+    crashed = boot(device.chip, _crashing_app)
+    assert not crashed.started and crashed.stage == "app"
+    assert crashed.slot == "ota_1"
+    assert "abort()" in crashed.log[-1]
+    # The bootloader finds ota_1 still pending verify: ABORTED, back to ota_0.
+    result = boot(device.chip)
+    assert result.started and result.slot == "ota_0", result.log
+    assert any("ABORTED" in line for line in result.log)
+    assert security_state(device.chip).secure_version == 0
+    states = {e.slot(2): e.state for e in device.otadata().entries if e is not None}
+    assert states[1] == otadata.OtaState.ABORTED
+
+
+def test_bootloader_raises_secure_version_for_a_valid_app(device: Device) -> None:
+    """CONFIG_BOOTLOADER_APP_ANTI_ROLLBACK: a VALID app with a higher secure_version
+    makes the bootloader burn the eFuse counter before the app runs."""
+    device.write_app("ota_1", device.app("3.0.0", secure_version=3))
+    device.write_otadata(otadata.select(otadata.blank(), 1, 2, otadata.OtaState.VALID))
+    result = boot(device.chip, _crashing_app)
+    assert result.slot == "ota_1"
+    assert security_state(device.chip).secure_version == 3
+    assert any("Anti-rollback" in line for line in result.log)
+
+
+def test_erased_flash_does_not_boot() -> None:
+    from espfleet.device.chip import VirtualChip
+
+    result = boot(VirtualChip.new("esp32"))
+    assert not result.started and result.stage == "rom"
+    assert "invalid header: 0xffffffff" in result.log
