@@ -115,6 +115,20 @@ def test_expired_certificate_is_not_active(registry: Registry) -> None:
     )
 
 
+def test_expired_certificate_is_replaced_without_renew(registry: Registry) -> None:
+    registry.add_certificate(
+        serial="a1",
+        device_id=DEVICE,
+        chip="esp32",
+        not_before=NOW - dt.timedelta(days=800),
+        not_after=NOW - dt.timedelta(days=70),
+        fingerprint_sha256="1" * 64,
+    )
+    add_cert(registry, "a2", days=800)
+    assert registry.get_certificate("a1").status == "superseded"  # type: ignore[union-attr]
+    assert registry.active_certificate(DEVICE, at=NOW).serial == "a2"  # type: ignore[union-attr]
+
+
 def test_expiring_within(registry: Registry) -> None:
     add_cert(registry, "a1", days=10)
     add_cert(registry, "b1", days=400, device_id="esp32-000000000002")

@@ -259,7 +259,8 @@ class Registry:
 
         The device row is created (status ``allocated``) when ``chip`` is given and the
         device is unknown. An existing active certificate of the same kind is an error
-        unless ``supersede``, which marks it ``superseded`` in the same transaction.
+        unless ``supersede``, which marks it ``superseded`` in the same transaction (an
+        expired one is superseded without asking).
         """
         _check(kind, CERTIFICATE_KINDS, "certificate kind")
         with self.transaction() as session:
@@ -275,12 +276,13 @@ class Registry:
                     )
                 )
             current = self._active(session, device_id, kind)
-            if current and not supersede:
+            live = [row for row in current if row.not_after > _now()]
+            if live and not supersede:
                 raise InputError(
-                    f"{device_id} already has an active certificate (serial {current[0].serial}, "
-                    f"valid until {current[0].not_after:%Y-%m-%d}): pass --renew to replace it"
+                    f"{device_id} already has an active certificate (serial {live[0].serial}, "
+                    f"valid until {live[0].not_after:%Y-%m-%d}): pass --renew to replace it"
                 )
-            for old in current:
+            for old in current:  # an expired one is replaced without --renew
                 old.status = "superseded"
             row = Certificate(
                 serial=serial, device_id=device_id, kind=kind, status="active",
