@@ -1,0 +1,338 @@
+"""`espfleet provision` through click: bundles, registry, vault, resume, and every bad
+input refused with a clear message and nothing written."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+
+from espfleet.cli import main
+from espfleet.formats import app_image, secure_boot
+from espfleet.formats.partition_table import from_csv
+from espfleet.provisioning import batch as batch_module
+from espfleet.provisioning.bundle import load_bundle
+from espfleet.provisioning.demo_firmware import demo_firmware, with_min_revision
+from espfleet.provisioning.identity import verify_recovery_secret
+from espfleet.provisioning.vault import Vault
+from espfleet.workspace import Workspace
+
+PASS = b"correct horse battery staple"
+Snapshot = Callable[[Path], dict[str, str]]
+
+
+@pytest.fixture
+def fw(fleet_workspace: Path, tmp_path: Path) -> dict[str, Path]:
+    key = Workspace.open(fleet_workspace).signing_key(PASS)
+    firmware = demo_firmware("esp32", key, app_payload_size=0x8000)
+    paths = {"app": tmp_path / "app.bin", "bootloader": tmp_path / "bootloader.bin"}
+    paths["app"].write_bytes(firmware.app)
+    paths["bootloader"].write_bytes(firmware.bootloader)
+    return paths
+
+
+def _provision(*args: str | Path) -> Result:
+    return CliRunner().invoke(main, ["provision", *map(str, args)])
+
+
+def _firmware_args(fw: dict[str, Path]) -> list[str | Path]:
+    return ["--firmware", fw["app"], "--bootloader", fw["bootloader"]]
+
+
+def _registry(ws_path: Path) -> Any:
+    return Workspace.open(ws_path).registry()
+
+
+def test_count_builds_bundles_registers_devices_and_escrows_keys(
+    fleet_workspace: Path, fw: dict[str, Path]
+) -> None:
+    result = _provision("--count", 3, *_firmware_args(fw), "--jobs", 2, "--json", "--merged")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert (report["built"], report["skipped"], report["failed"]) == (3, 0, 0)
+    ws = Workspace.open(fleet_workspace)
+    vault = Vault.open(ws.vault_dir, PASS, create=False)
+    with ws.registry() as registry:
+        for entry in report["devices"]:
+            device_id = entry["device_id"]
+            bundle = load_bundle(ws.bundles_dir / device_id)
+            assert bundle.manifest.mode == "release" and bundle.merged is not None
+            assert bundle.sealed_secrets is None  # escrow: secrets live in the vault
+            record = registry.get_device(device_id)
+            assert record.status == "provisioned" and record.mode == "release"
+            assert record.bundle_sha256 == entry["bundle_sha256"]
+            secrets = vault.load(device_id)
+            assert verify_recovery_secret(secrets.recovery_secret, record.recovery_secret_hash)
+            cert = registry.active_certificate(device_id)
+            assert cert.serial == bundle.manifest.certificate.serial == entry["serial"]
+            assert bytes.fromhex(record.mac)[0] & 0x02  # locally administered
+
+
+def test_rerun_skips_done_devices_and_changes_nothing(
+    fleet_workspace: Path, fw: dict[str, Path], snapshot: Snapshot
+) -> None:
+    args = ["--device-id", "esp32-24a1600a1b2c", *_firmware_args(fw), "--jobs", 1]
+    assert _provision(*args).exit_code == 0
+    before = snapshot(fleet_workspace)
+    again = _provision(*args)
+    assert again.exit_code == 0, again.output
+    assert "0 built, 1 already done" in again.output
+    assert snapshot(fleet_workspace) == before
+
+
+def test_macs_list_with_wifi_and_development_mode_warns(
+    fleet_workspace: Path, fw: dict[str, Path], tmp_path: Path
+) -> None:
+    macs = tmp_path / "macs.csv"
+    macs.write_text("mac,wifi_ssid,wifi_pass\n24:a1:60:0a:1b:2c,lab,pw-123456\n24a1600a1b30\n")
+    result = _provision("--macs", macs, *_firmware_args(fw), "--mode", "development")
+    assert result.exit_code == 0, result.output
+    assert "development mode on esp32 leaves open" in result.output
+    assert "JTAG stays enabled" in result.output
+    bundle = load_bundle(fleet_workspace / "bundles" / "esp32-24a1600a1b2c")
+    assert bundle.manifest.mode == "development"
+    assert all(b"pw-123456" not in data for data in bundle.images.values())
+
+
+def test_destroy_policy_seals_secrets_into_the_bundle_not_the_vault(
+    fleet_workspace: Path, fw: dict[str, Path]
+) -> None:
+    toml = fleet_workspace / "fleet.toml"
+    toml.write_text(re.sub(r'policy = "escrow"', 'policy = "destroy"', toml.read_text()))
+    result = CliRunner().invoke(main, ["ca", "reseal"])
+    assert result.exit_code == 0, result.output
+    result = _provision("--device-id", "esp32-24a1600a1b2c", *_firmware_args(fw))
+    assert result.exit_code == 0, result.output
+    ws = Workspace.open(fleet_workspace)
+    assert ws.config.key_policy == "destroy"
+    bundle = load_bundle(ws.bundles_dir / "esp32-24a1600a1b2c")
+    vault = Vault.open(ws.vault_dir, PASS, create=False)
+    assert not vault.contains("esp32-24a1600a1b2c")
+    assert bundle.sealed_secrets is not None
+    secrets = vault.unseal("esp32-24a1600a1b2c", bundle.sealed_secrets)
+    assert bundle.manifest.key_fingerprints.flash_encryption_key_sha256 == __import__(
+        "hashlib").sha256(secrets.flash_encryption_key).hexdigest()
+
+
+# --- bad input: a clear message, exit 2, nothing written ------------------------------
+
+
+def _pio_dir(tmp_path: Path, fw: dict[str, Path], csv: str) -> Path:
+    build = tmp_path / ".pio" / "build" / "esp32dev"
+    build.mkdir(parents=True)
+    (build / "firmware.bin").write_bytes(fw["app"].read_bytes())
+    (build / "partitions.bin").write_bytes(from_csv(csv).encode())
+    return build
+
+
+_GOOD_CSV = (
+    "nvs,data,nvs,0x9000,0x6000,\nnvs_keys,data,nvs_keys,0xf000,0x1000,encrypted\n"
+    "otadata,data,ota,0x10000,0x2000,encrypted\nota_0,app,ota_0,0x20000,0x180000,\n"
+    "ota_1,app,ota_1,0x1a0000,0x180000,\n"
+)
+
+
+def _bad_case(name: str, fleet_workspace: Path, fw: dict[str, Path],
+              tmp_path: Path) -> tuple[list[str | Path], str]:
+    key = Workspace.open(fleet_workspace).signing_key(PASS)
+    other_key = secure_boot.generate_signing_key()
+    one = ["--device-id", "esp32-24a1600a1b2c"]
+
+    def write(file: str, data: bytes) -> Path:
+        path = tmp_path / file
+        path.write_bytes(data)
+        return path
+
+    if name == "bootloader_for_another_chip":
+        other = demo_firmware("esp32c3", key, app_payload_size=0x1000).bootloader
+        return [*one, "--firmware", fw["app"], "--bootloader", write("c3.bin", other)], \
+            "bootloader from --bootloader is for esp32c3"
+    if name == "unsigned_plain_bootloader_in_release":
+        plain = app_image.build_bootloader("esp32")
+        return [*one, "--firmware", fw["app"], "--bootloader", write("plain.bin", plain)], \
+            "unsigned and not built for Secure Boot V2"
+    if name == "platformio_bootloader_in_release":
+        build = _pio_dir(tmp_path, fw, _GOOD_CSV)
+        (build / "bootloader.bin").write_bytes(app_image.build_bootloader("esp32"))
+        return [*one, "--firmware", build], "Arduino/PlatformIO cannot build one"
+    if name == "bootloader_signed_by_another_key":
+        boot = with_min_revision(app_image.build_bootloader("esp32"), "esp32", 300)
+        signed = secure_boot.sign(boot, [other_key])
+        return [*one, "--firmware", fw["app"], "--bootloader", write("bl.bin", signed)], \
+            "not with this fleet's Secure Boot V2 key"
+    if name == "bootloader_below_v3_revision":
+        signed = secure_boot.sign(app_image.build_bootloader("esp32"), [key])
+        return [*one, "--firmware", fw["app"], "--bootloader", write("old.bin", signed)], \
+            r"chip revision v0.0, but Secure Boot V2 on esp32 needs v3.0"
+    if name == "app_for_another_chip":
+        app = app_image.build_app("esp32s3", version="1")
+        return [*one, "--firmware", write("s3.bin", app), "--bootloader", fw["bootloader"]], \
+            "app image .* is for esp32s3"
+    if name == "app_larger_than_its_slot":
+        big = app_image.build_app("esp32", version="1", payload=os.urandom(0x100000))
+        return [*one, "--firmware", write("big.bin", big), "--bootloader", fw["bootloader"],
+                "--flash-size", "2MB"], "is smaller than the .*-byte app"
+    if name == "table_without_otadata":
+        csv = "\n".join(line for line in _GOOD_CSV.splitlines() if "otadata" not in line)
+        return [*one, "--firmware", _pio_dir(tmp_path, fw, csv), "--bootloader",
+                fw["bootloader"]], "no ota partition"
+    if name == "table_without_nvs_keys":
+        csv = "\n".join(line for line in _GOOD_CSV.splitlines() if "nvs_keys" not in line)
+        return [*one, "--firmware", _pio_dir(tmp_path, fw, csv), "--bootloader",
+                fw["bootloader"]], "no nvs_keys partition"
+    if name == "table_with_nvs_flagged_encrypted":
+        csv = _GOOD_CSV.replace("0x6000,\n", "0x6000,encrypted\n", 1)
+        return [*one, "--firmware", _pio_dir(tmp_path, fw, csv), "--bootloader",
+                fw["bootloader"]], "nvs.* encrypted"
+    if name == "duplicate_mac_in_list":
+        macs = write("dup.csv", b"24:a1:60:0a:1b:2c\n24:a1:60:0a:1b:30\n24a1600a1b2c\n")
+        return ["--macs", macs, *_firmware_args(fw)], \
+            r"line 3: duplicate MAC 24:a1:60:0a:1b:2c \(also on line 1\)"
+    if name == "duplicate_device_id":
+        return [*one, *one, *_firmware_args(fw)], "listed twice"
+    if name == "malformed_mac_line":
+        macs = write("bad.csv", b"# lot 1\n24:a1:60:0a:1b:2c\n24:a1:60:0a:1b\n")
+        return ["--macs", macs, *_firmware_args(fw)], "bad.csv line 3: .* is not a MAC"
+    if name == "two_device_selectors":
+        return [*one, "--count", "2", *_firmware_args(fw)], "exactly one of"
+    raise AssertionError(name)
+
+
+BAD_CASES = [
+    "bootloader_for_another_chip", "unsigned_plain_bootloader_in_release",
+    "platformio_bootloader_in_release", "bootloader_signed_by_another_key",
+    "bootloader_below_v3_revision",
+    "app_for_another_chip", "app_larger_than_its_slot", "table_without_otadata",
+    "table_without_nvs_keys", "table_with_nvs_flagged_encrypted", "duplicate_mac_in_list",
+    "duplicate_device_id", "malformed_mac_line", "two_device_selectors",
+]
+
+
+@pytest.mark.parametrize("case", BAD_CASES)
+def test_bad_input_is_refused_and_writes_nothing(
+    case: str, fleet_workspace: Path, fw: dict[str, Path], tmp_path: Path, snapshot: Snapshot
+) -> None:
+    args, message = _bad_case(case, fleet_workspace, fw, tmp_path)
+    before = snapshot(fleet_workspace)
+    result = _provision(*args)
+    assert result.exit_code == 2, result.output
+    assert re.search(message, result.output), result.output
+    assert result.output.startswith("error: ") and "Traceback" not in result.output
+    assert snapshot(fleet_workspace) == before
+
+
+def test_wrong_signing_key_passphrase_is_refused_and_writes_nothing(
+    fleet_workspace: Path, fw: dict[str, Path], snapshot: Snapshot,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("ESPFLEET_PASSPHRASE", "not the fleet passphrase")
+    before = snapshot(fleet_workspace)
+    result = _provision("--count", 2, *_firmware_args(fw))
+    assert result.exit_code == 2, result.output
+    assert "passphrase" in result.output
+    assert snapshot(fleet_workspace) == before
+
+
+# --- crash safety -------------------------------------------------------------------
+
+
+def test_failure_inside_bundle_write_leaves_no_bundle_vault_or_row(
+    fleet_workspace: Path, fw: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = batch_module.write_bundle
+    calls = {"n": 0}
+
+    def power_cut_on_second(*args: Any, **kwargs: Any) -> None:
+        calls["n"] += 1
+        real(*args, **kwargs)
+        if calls["n"] == 2:
+            raise RuntimeError("power cut while writing the bundle")
+
+    monkeypatch.setattr(batch_module, "write_bundle", power_cut_on_second)
+    result = _provision("--count", 3, *_firmware_args(fw), "--jobs", 1)
+    assert isinstance(result.exception, RuntimeError)
+    ws = Workspace.open(fleet_workspace)
+    bundles = sorted(p.name for p in ws.bundles_dir.iterdir())
+    assert bundles == ["esp32-02e5f1000000"], "only the first device finished"
+    with ws.registry() as registry:
+        statuses = {r.device_id: r.status for r in registry.list_devices()}
+    assert statuses == {"esp32-02e5f1000000": "provisioned", "esp32-02e5f1000004": "allocated",
+                        "esp32-02e5f1000008": "allocated"}
+    assert not Vault.open(ws.vault_dir, PASS).contains("esp32-02e5f1000004")
+    monkeypatch.setattr(batch_module, "write_bundle", real)
+    resumed = _provision("--count", 2, *_firmware_args(fw), "--jobs", 1)
+    assert resumed.exit_code == 0, resumed.output
+    assert "2 built" in resumed.output
+    with ws.registry() as registry:
+        assert {r.status for r in registry.list_devices()} == {"provisioned"}
+        assert len(registry.list_devices()) == 3
+
+
+def test_crash_after_rename_before_registry_rebuilds_the_orphan_bundle(
+    fleet_workspace: Path, fw: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def crash(*_args: Any, **_kwargs: Any) -> None:
+        raise RuntimeError("killed before the registry transaction")
+
+    monkeypatch.setattr(batch_module, "_record", crash)
+    args = ["--device-id", "esp32-24a1600a1b2c", *_firmware_args(fw), "--jobs", 1]
+    assert isinstance(_provision(*args).exception, RuntimeError)
+    ws = Workspace.open(fleet_workspace)
+    orphan = load_bundle(ws.bundles_dir / "esp32-24a1600a1b2c")
+    monkeypatch.undo()
+    monkeypatch.setenv("ESPFLEET_PASSPHRASE", PASS.decode())
+    monkeypatch.setenv("ESPFLEET_WORKSPACE", str(fleet_workspace))
+    result = _provision(*args)
+    assert result.exit_code == 0, result.output
+    rebuilt = load_bundle(ws.bundles_dir / "esp32-24a1600a1b2c")
+    assert rebuilt.manifest.certificate.serial != orphan.manifest.certificate.serial
+    with ws.registry() as registry:
+        assert registry.get_device("esp32-24a1600a1b2c").status == "provisioned"
+
+
+def test_kill_9_mid_run_then_rerun_completes_consistently(
+    fleet_workspace: Path, fw: dict[str, Path]
+) -> None:
+    ws = Workspace.open(fleet_workspace)
+    count = 24
+    cmd = [sys.executable, "-c", "from espfleet.cli import main; main()", "provision",
+           "--count", str(count), *map(str, _firmware_args(fw)), "--jobs", "2", "--json"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        if ws.bundles_dir.exists() and len(
+                [p for p in ws.bundles_dir.iterdir() if not p.name.startswith(".")]) >= 3:
+            break
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    with ws.registry() as registry:
+        records = registry.list_devices()
+        done = [r for r in records if r.status == "provisioned"]
+        for record in done:
+            assert batch_module.bundle_sha256(ws.bundles_dir / record.device_id) \
+                == record.bundle_sha256
+    remaining = count - len(done)
+    assert remaining > 0, "the run finished before the kill: make it longer"
+    result = _provision("--count", remaining, *_firmware_args(fw), "--jobs", 2)
+    assert result.exit_code == 0, result.output
+    assert not [p for p in ws.bundles_dir.iterdir() if ".partial-" in p.name]
+    with ws.registry() as registry:
+        records = registry.list_devices()
+        assert len(records) == count and {r.status for r in records} == {"provisioned"}
+        for record in records:
+            assert load_bundle(ws.bundles_dir / record.device_id).manifest.device_id \
+                == record.device_id
+            assert batch_module.bundle_sha256(ws.bundles_dir / record.device_id) \
+                == record.bundle_sha256
