@@ -236,3 +236,27 @@ def test_scan_of_4mb_dump_is_fast(kit: Any) -> None:
     scan_flash(dump)
     elapsed = time.perf_counter() - start
     assert elapsed < 5, f"{elapsed:.2f}s"  # generous: a sanity bound, not a benchmark
+
+
+@settings(max_examples=40, deadline=None)
+@given(data=st.binary(min_size=0, max_size=3000),
+       needles=st.lists(st.binary(min_size=8, max_size=20), min_size=1, max_size=60),
+       plant=st.lists(st.tuples(st.integers(0, 59), st.integers(0, 3000)), max_size=6))
+def test_find_all_matches_a_naive_search(
+    data: bytes, needles: list[bytes], plant: list[tuple[int, int]]
+) -> None:
+    """The numpy prefix index (>= 24 needles) and bytes.find agree with a naive scan."""
+    from espfleet.audit.secrets_scan import find_all
+
+    buf = bytearray(data)
+    for index, offset in plant:
+        if index < len(needles):
+            needle = needles[index]
+            buf[offset : offset + len(needle)] = needle
+    blob = bytes(buf)
+    naive = sorted(
+        ((i, pos) for i, n in enumerate(needles) for pos in range(len(blob))
+         if blob.startswith(n, pos)),
+        key=lambda hit: (hit[1], hit[0]),
+    )
+    assert sorted(find_all(blob, needles), key=lambda hit: (hit[1], hit[0])) == naive
