@@ -134,6 +134,7 @@ class LoaderServer:
             if loader.secure:
                 self.chip.console.append("[rom-loader] secure download mode")
         decoder = SlipDecoder()
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         conn.settimeout(_POLL_S)
         try:
             while not self._stop.is_set() and not loader.exit_requested:

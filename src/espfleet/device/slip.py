@@ -6,12 +6,9 @@ A frame is delimited by 0xC0 on both ends; inside it 0xC0 is sent as 0xDB 0xDC a
 
 from __future__ import annotations
 
-__all__ = ["END", "SlipDecoder", "encode"]
+import re
 
-END = 0xC0
-ESC = 0xDB
-ESC_END = 0xDC
-ESC_ESC = 0xDD
+__all__ = ["SlipDecoder", "encode"]
 
 
 def encode(payload: bytes) -> bytes:
@@ -20,42 +17,28 @@ def encode(payload: bytes) -> bytes:
     return b"\xc0" + body + b"\xc0"
 
 
+_BAD_ESCAPE = re.compile(b"\xdb(?![\xdc\xdd])")
+
+
 class SlipDecoder:
     """Incremental decoder: feed raw bytes, get back every frame completed so far.
 
-    Bytes outside a frame (line noise, a boot log) are dropped, as the ROM does. An
-    invalid escape ends nothing: the frame is discarded at its closing delimiter.
+    Bytes before the first delimiter (line noise, a boot log) are dropped, as the ROM
+    does. A frame with an invalid escape is dropped whole.
     """
 
     def __init__(self) -> None:
-        self._buf = bytearray()
-        self._in_frame = False
-        self._escape = False
-        self._corrupt = False
+        self._pending = b""
+        self._synced = False
 
     def feed(self, data: bytes) -> list[bytes]:
+        parts = (self._pending + data).split(b"\xc0")
+        self._pending = parts.pop()
         frames: list[bytes] = []
-        for byte in data:
-            if byte == END:
-                if self._in_frame and self._buf and not self._corrupt:
-                    frames.append(bytes(self._buf))
-                # A delimiter both ends one frame and may start the next one.
-                self._buf.clear()
-                self._in_frame = True
-                self._escape = False
-                self._corrupt = False
-            elif not self._in_frame:
+        for part in parts:
+            if not self._synced:
+                self._synced = True
                 continue
-            elif self._escape:
-                self._escape = False
-                if byte == ESC_END:
-                    self._buf.append(END)
-                elif byte == ESC_ESC:
-                    self._buf.append(ESC)
-                else:
-                    self._corrupt = True
-            elif byte == ESC:
-                self._escape = True
-            else:
-                self._buf.append(byte)
+            if part and not _BAD_ESCAPE.search(part):
+                frames.append(part.replace(b"\xdb\xdc", b"\xc0").replace(b"\xdb\xdd", b"\xdb"))
         return frames
