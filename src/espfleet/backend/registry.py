@@ -132,8 +132,13 @@ def _make_engine(url: str) -> Engine:
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    """Foreign keys on; WAL with synchronous=NORMAL: a commit costs ~1 ms instead of two
+    fsyncs (~30 ms), and a power cut can lose the last commits but never corrupts the file.
+    The CRL is written (and fsynced) before a revocation commits, so it fails closed."""
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
 
 
