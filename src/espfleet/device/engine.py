@@ -16,7 +16,7 @@ from typing import Protocol
 
 from espfleet.chips import chip_facts
 from espfleet.device.efuse import EfuseController
-from espfleet.errors import DeviceError
+from espfleet.errors import DeviceError, InputError
 
 __all__ = ["KeyPurposes", "alignment", "crypt", "engine_key", "flash_crypt_config"]
 
@@ -98,4 +98,7 @@ def crypt(efuse: EfuseController, address: int, data: bytes, *, decrypt: bool) -
             f"flash-encryption access {address:#x}+{len(data):#x} is not {align}-byte aligned"
         )
     codec: Callable[..., bytes] = _codec(decrypt)
-    return codec(data, key, address, efuse.chip, flash_crypt_config(efuse))
+    try:
+        return codec(data, key, address, efuse.chip, flash_crypt_config(efuse))
+    except InputError as error:  # e.g. a burned key XTS cannot use
+        raise DeviceError(f"the flash-encryption engine cannot use its key: {error}") from None
