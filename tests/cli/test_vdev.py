@@ -131,3 +131,10 @@ def test_serve_process_with_real_esptool(workspace: Path, tmp_path: Path) -> Non
     code, _, _ = run(workspace, "dump", "dev1", "--out", str(tmp_path / "f.bin"))
     assert code == 0
     assert (tmp_path / "f.bin").read_bytes()[0x9000 : 0x9000 + 1500] == image.read_bytes()
+
+
+def test_serve_refuses_a_non_loopback_host(workspace: Path) -> None:
+    run(workspace, "create", "dev1", "--chip", "esp32")
+    code, _, err = run(workspace, "serve", "dev1", "--host", "0.0.0.0")
+    assert code == 2
+    assert "refusing to serve" in err

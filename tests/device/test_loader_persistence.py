@@ -102,3 +102,15 @@ def test_server_persists_flash_and_efuse_changes(tmp_path: Path) -> None:
     assert stored.flash.read(0x10000, 2048) == image.read_bytes()
     assert stored.efuse.get("JTAG_DISABLE") == 1
     assert server.sessions == 2
+
+
+def test_public_surface_of_the_device_modules() -> None:
+    from espfleet.device import chip, flash, server, store
+
+    assert set(server.__all__) == {"LoaderServer"}
+    assert {"create_vdev", "load_vdev", "save_vdev"} <= set(store.__all__)
+    assert {"VirtualChip", "parse_mac"} <= set(chip.__all__)
+    assert {"NorFlash", "PowerCut"} <= set(flash.__all__)
+    for module in (chip, flash, server, store):
+        for name in module.__all__:
+            assert hasattr(module, name), f"{module.__name__}.{name}"
