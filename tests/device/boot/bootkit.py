@@ -135,6 +135,13 @@ class Device:
         self.chip.flash.erase(offset, sectors)
         self.chip.flash.program(offset, data)
 
+    def write_bootloader(self, image: bytes, *, encrypted: bool = True) -> None:
+        """Replace the bootloader (its whole region is erased first, as esptool does)."""
+        facts = self.chip.facts
+        start = facts.bootloader_offset
+        self.chip.flash.erase(start, facts.default_partition_table_offset - start)
+        self.write(start, image, encrypted=encrypted)
+
     def write_app(self, slot: str, image: bytes) -> None:
         self.write(self.part(slot).offset, image)
 
