@@ -183,3 +183,10 @@ def test_certificate_for_unknown_device_without_chip_is_refused(registry: Regist
 def test_unreachable_database_is_a_registry_error(tmp_path: Path) -> None:
     with pytest.raises(RegistryError):
         Registry.open(f"sqlite:///{tmp_path / 'missing-dir' / 'x.db'}")
+
+
+def test_registry_errors_do_not_show_the_password() -> None:
+    url = "postgresql+nosuchdriver://fleet:s3cret-pw@db.invalid/fleet"
+    with pytest.raises(RegistryError) as caught:
+        Registry.open(url)
+    assert "s3cret-pw" not in str(caught.value) and "fleet.toml" in str(caught.value)

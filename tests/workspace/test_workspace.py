@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import stat
 import subprocess
@@ -77,15 +78,37 @@ def test_every_private_key_file_is_an_encrypted_pem(fleet_workspace: Path) -> No
 
 def test_server_certificates_verify_for_their_hosts(fleet_workspace: Path) -> None:
     ws = Workspace.open(fleet_workspace)
-    now = (
-        ws.root_cert.not_valid_before_utc
-        + (ws.root_cert.not_valid_after_utc - ws.root_cert.not_valid_before_utc) / 1000
-    )
+    now = ws.server_cert("broker").not_valid_before_utc + dt.timedelta(minutes=10)
     for name in ("broker", "ota"):
         for host in ws.config.broker_hosts:
             verify_server_chain(
                 ws.server_cert(name), ws.issuing_cert, ws.root_cert, host=host, at=now
             )
+            check = "-verify_ip" if host[0].isdigit() else "-verify_hostname"
+            subprocess.run(
+                [
+                    "openssl",
+                    "verify",
+                    "-purpose",
+                    "sslserver",
+                    check,
+                    host,
+                    "-CAfile",
+                    str(fleet_workspace / "pki/root-ca.pem"),
+                    "-untrusted",
+                    str(fleet_workspace / "pki/issuing-ca.pem"),
+                    str(fleet_workspace / f"pki/{name}.pem"),
+                ],
+                check=True,
+                capture_output=True,
+            )
+
+
+def test_init_in_the_current_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    ws = Workspace.create(Path("."), org="Acme", passphrase=PASS)
+    assert ws.root == tmp_path and (tmp_path / "fleet.toml").is_file()
+    assert Path.cwd() == tmp_path and Workspace.open(Path(".")).root == tmp_path
 
 
 def espsecure_digest(keyfile: Path, tmp_path: Path) -> bytes:

@@ -23,7 +23,8 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event, select
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from espfleet.backend.models import (
@@ -118,6 +119,14 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
         command.upgrade(_alembic_config(connection), revision)
 
 
+def _safe(url: str) -> str:
+    """``url`` without its password, for messages."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except (ArgumentError, ValueError):
+        return "<unparsable URL>"
+
+
 def _make_engine(url: str) -> Engine:
     try:
         if url.startswith("sqlite"):
@@ -127,7 +136,7 @@ def _make_engine(url: str) -> Engine:
         return create_engine(url, pool_pre_ping=True)
     except (SQLAlchemyError, ImportError, ValueError) as error:
         raise RegistryError(
-            f"cannot open the registry {url!r}: {error}; check [registry] url in fleet.toml"
+            f"cannot open the registry {_safe(url)}: {error}; check [registry] url in fleet.toml"
         ) from None
 
 
@@ -156,7 +165,10 @@ class Registry:
                 upgrade(engine)
         except SQLAlchemyError as error:
             engine.dispose()
-            raise RegistryError(f"cannot open the registry {url!r}: {error}") from None
+            raise RegistryError(
+                f"cannot open the registry {_safe(url)}: {type(error).__name__}; check that "
+                "the database is reachable and [registry] url in fleet.toml"
+            ) from None
         except BaseException:
             engine.dispose()
             raise
