@@ -138,3 +138,13 @@ def test_serve_refuses_a_non_loopback_host(workspace: Path) -> None:
     code, _, err = run(workspace, "serve", "dev1", "--host", "0.0.0.0")
     assert code == 2
     assert "refusing to serve" in err
+
+
+def test_a_served_device_cannot_be_booted_by_another_process(workspace: Path) -> None:
+    from espfleet.device.store import vdev_lock
+
+    run(workspace, "create", "dev1", "--chip", "esp32")
+    with vdev_lock(workspace / "vdevs" / "dev1"):
+        code, _, err = run(workspace, "boot", "dev1")
+    assert code == 1
+    assert "in use by process" in err

@@ -12,7 +12,7 @@ import threading
 from dataclasses import asdict
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -21,6 +21,9 @@ from espfleet.chips import chip_names
 from espfleet.cli._context import CliContext
 from espfleet.cli._output import console, echo_json
 from espfleet.errors import InputError, WorkspaceError
+
+if TYPE_CHECKING:
+    from espfleet.device.chip import VirtualChip
 
 __all__ = ["vdev"]
 
@@ -50,7 +53,7 @@ def _vdev_dir(ctx: click.Context, name: str, *, must_exist: bool = True) -> Path
     return directory
 
 
-def _describe(chip: Any, name: str, directory: Path) -> dict[str, Any]:
+def _describe(chip: VirtualChip, name: str, directory: Path) -> dict[str, Any]:
     return {
         "name": name,
         "chip": chip.chip,
@@ -118,11 +121,25 @@ def serve(
     ctx: click.Context, name: str, host: str, port: int, unsafe_non_loopback: bool, as_json: bool
 ) -> None:
     """Serve NAME's ROM serial loader on a socket:// URL until stopped (Ctrl-C)."""
-    from espfleet.device.server import LoaderServer
-    from espfleet.device.store import load_vdev, save_vdev
+    from espfleet.device.store import load_vdev, vdev_lock
 
     directory = _vdev_dir(ctx, name)
-    chip = load_vdev(directory)
+    with vdev_lock(directory):
+        _serve(name, directory, load_vdev(directory), host, port, unsafe_non_loopback, as_json)
+
+
+def _serve(
+    name: str,
+    directory: Path,
+    chip: VirtualChip,
+    host: str,
+    port: int,
+    unsafe_non_loopback: bool,
+    as_json: bool,
+) -> None:
+    from espfleet.device.server import LoaderServer
+    from espfleet.device.store import save_vdev
+
     server = LoaderServer(
         chip,
         host,
@@ -161,12 +178,13 @@ def serve(
 def boot_cmd(ctx: click.Context, name: str, as_json: bool) -> None:
     """Reset NAME and run its boot chain; exit 0 only when the app starts."""
     from espfleet.device.boot import boot
-    from espfleet.device.store import load_vdev, save_vdev
+    from espfleet.device.store import load_vdev, save_vdev, vdev_lock
 
     directory = _vdev_dir(ctx, name)
-    chip = load_vdev(directory)
-    result = boot(chip)
-    save_vdev(chip, directory)
+    with vdev_lock(directory):
+        chip = load_vdev(directory)
+        result = boot(chip)
+        save_vdev(chip, directory)
     if as_json:
         echo_json(
             {

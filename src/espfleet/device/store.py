@@ -14,7 +14,11 @@ Every write is atomic (:mod:`espfleet._io`).
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +37,14 @@ __all__ = [
     "create_vdev",
     "load_vdev",
     "save_vdev",
+    "vdev_lock",
 ]
 
 CHIP_FILE = "chip.json"
 FLASH_FILE = "flash.bin"
 EFUSE_FILE = "efuse.bin"
 SILICON_ONLY_FILE = ".silicon-only.efuse.bin"
+LOCK_FILE = ".lock"
 _FORMAT = 1
 
 
@@ -125,3 +131,28 @@ def load_vdev(directory: Path) -> VirtualChip:
     except InputError as error:
         raise WorkspaceError(f"virtual device {directory} is inconsistent: {error}") from None
     return VirtualChip(chip, revision=revision, flash=flash, efuse=efuse)
+
+
+@contextlib.contextmanager
+def vdev_lock(directory: Path) -> Iterator[None]:
+    """Hold the device for this process (a served or booting chip has one owner).
+
+    Two owners would each keep a copy of the chip in memory and overwrite each other's
+    flash and eFuses on save; the second one is refused instead.
+    """
+    path = Path(directory) / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "another process"
+            raise WorkspaceError(
+                f"virtual device {Path(directory).name} is in use by process {owner} "
+                "(e.g. `espfleet vdev serve`): stop it first"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)
