@@ -14,7 +14,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-import espfleet.workspace as workspace_module
+import espfleet.workspace._create as create_module
 from espfleet.errors import InputError, PassphraseError, WorkspaceError
 from espfleet.pki.crl import load_crl, revoked_serials
 from espfleet.pki.keys import is_encrypted_pem
@@ -289,7 +289,7 @@ def test_failed_create_leaves_nothing(tmp_path: Path, monkeypatch: pytest.Monkey
     def boom() -> rsa.RSAPrivateKey:
         raise OSError("no entropy")
 
-    monkeypatch.setattr(workspace_module, "generate_rsa3072_key", boom)
+    monkeypatch.setattr(create_module, "generate_rsa3072_key", boom)
     with pytest.raises(OSError):
         Workspace.create(tmp_path / "fleet", org="Acme", passphrase=PASS)
     assert list(tmp_path.iterdir()) == []

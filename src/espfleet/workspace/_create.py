@@ -1,0 +1,121 @@
+"""Building a new workspace: everything in a temporary directory, then renamed into place."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from espfleet._io import atomic_write, atomic_write_text
+from espfleet.backend.registry import Registry
+from espfleet.errors import WorkspaceError
+from espfleet.pki.ca import CertificateAuthority, IssuedCert, new_hierarchy, utcnow
+from espfleet.pki.keys import encrypt_private_key, generate_rsa3072_key, public_key_pem
+from espfleet.pki.store import write_certificate, write_private_key
+from espfleet.workspace.config import FleetConfig, render_fleet_toml
+from espfleet.workspace.layout import (
+    CHAIN,
+    CRL,
+    DIRS,
+    FLEET_TOML,
+    GITIGNORE,
+    ISSUING_CERT,
+    ISSUING_KEY,
+    ROOT_CERT,
+    ROOT_KEY,
+    SERVERS,
+    SIGNED_FILES,
+    SIGNING_KEY,
+    SIGNING_PUB,
+    authority_fields,
+    resolve_registry_url,
+)
+from espfleet.workspace.manifest import MANIFEST, build_manifest
+
+__all__ = ["create_at"]
+
+
+def create_at(target: Path, config: FleetConfig, passphrase: bytes) -> None:
+    """Create the workspace at ``target`` (absolute; must not exist or be an empty dir).
+
+    A failure or a kill leaves no workspace: at worst a hidden ``.espfleet-init-*``
+    directory. Into an existing empty directory the entries are moved one by one,
+    fleet.toml (what marks a workspace) last."""
+    refuse_existing(target)
+    if target.exists():
+        staging = Path(tempfile.mkdtemp(prefix=".espfleet-init-", dir=target))
+        try:
+            populate(staging, config, passphrase)
+            names = sorted(os.listdir(staging), key=lambda n: n == FLEET_TOML)
+            for name in names:  # fleet.toml last: it is what marks a workspace
+                os.rename(staging / name, target / name)
+        finally:
+            _remove_tree(staging)
+    else:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        prefix = f".{target.name}.espfleet-init-"
+        staging = Path(tempfile.mkdtemp(prefix=prefix, dir=target.parent))
+        try:
+            populate(staging, config, passphrase)
+            os.rename(staging, target)
+        except BaseException:
+            _remove_tree(staging)
+            raise
+
+
+def refuse_existing(target: Path) -> None:
+    if (target / FLEET_TOML).exists():
+        raise WorkspaceError(
+            f"{target} is already an espfleet workspace: refusing to overwrite it; "
+            "choose another directory"
+        )
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise WorkspaceError(
+            f"{target} exists and is not an empty directory: refusing to create a workspace "
+            "there; choose a new or empty directory"
+        )
+
+
+def _remove_tree(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def populate(root: Path, config: FleetConfig, passphrase: bytes) -> None:
+    """Write a complete workspace into ``root`` (a fresh temporary directory)."""
+    for name in DIRS:
+        (root / name).mkdir(parents=True, exist_ok=True)
+    now = utcnow()
+    life = config.lifetimes
+    hierarchy = new_hierarchy(
+        org=config.org, root_days=life.root_ca_days, issuing_days=life.issuing_ca_days, now=now
+    )
+    write_certificate(root / ROOT_CERT, hierarchy.root_cert)
+    write_private_key(root / ROOT_KEY, hierarchy.root_key, passphrase)
+    write_certificate(root / ISSUING_CERT, hierarchy.issuing_cert)
+    write_private_key(root / ISSUING_KEY, hierarchy.issuing_key, passphrase)
+    write_certificate(root / CHAIN, hierarchy.issuing_cert, hierarchy.root_cert)
+    authority = CertificateAuthority(
+        **authority_fields(config),
+        root_cert=hierarchy.root_cert,
+        issuing_cert=hierarchy.issuing_cert,
+        issuing_key=hierarchy.issuing_key,
+    )
+    for name, hosts in (("broker", config.broker_hosts), ("ota", config.ota_hosts)):
+        issued = authority.issue_server_cert(f"{config.org} {name}", hosts, now=now)
+        _write_issued(root, SERVERS[name], issued, passphrase)
+    atomic_write(root / CRL, authority.sign_crl([], number=1, now=now))
+    signing = generate_rsa3072_key()
+    atomic_write(root / SIGNING_KEY, encrypt_private_key(signing, passphrase), mode=0o600)
+    atomic_write(root / SIGNING_PUB, public_key_pem(signing))
+    atomic_write_text(root / FLEET_TOML, render_fleet_toml(config))
+    atomic_write_text(root / ".gitignore", GITIGNORE)
+    atomic_write(root / MANIFEST, build_manifest(root, SIGNED_FILES, hierarchy.issuing_key))
+    Registry.open(resolve_registry_url(config.registry_url, root)).close()
+
+
+def _write_issued(
+    root: Path, names: tuple[str, str], issued: IssuedCert, passphrase: bytes
+) -> None:
+    atomic_write(root / names[0], issued.cert_pem)
+    atomic_write(root / names[1], issued.encrypted_key_pem(passphrase), mode=0o600)
