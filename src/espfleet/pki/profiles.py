@@ -162,6 +162,34 @@ def _general_names(hosts: Sequence[str]) -> list[x509.GeneralName]:
     return names
 
 
+def _end_entity(
+    public_key: PublicKey,
+    *,
+    subject: x509.Name,
+    usage: x509.ObjectIdentifier,
+    names: list[x509.GeneralName],
+    days: int,
+    now: dt.datetime,
+    issuer: _Issuer,
+    serial: int | None = None,
+) -> x509.Certificate:
+    return _build(
+        subject=subject,
+        public_key=public_key,
+        issuer=issuer,
+        now=now,
+        days=days,
+        path_length=None,
+        ca=False,
+        serial=serial,
+        extensions=[
+            (_key_usage(signing=True, ca=False), True),
+            (x509.ExtendedKeyUsage([usage]), False),
+            (x509.SubjectAlternativeName(names), False),
+        ],
+    )
+
+
 def server_certificate(
     public_key: PublicKey,
     *,
@@ -176,19 +204,10 @@ def server_certificate(
     """TLS server certificate; ``hosts`` are DNS names or IP addresses (one SAN each)."""
     if not hosts:
         raise InputError(f"server certificate {common_name!r} needs at least one host name or IP")
-    return _build(
-        subject=_name(org, common_name),
-        public_key=public_key,
+    return _end_entity(
+        public_key, subject=_name(org, common_name), usage=ExtendedKeyUsageOID.SERVER_AUTH,
+        names=_general_names(hosts), days=days, now=now,
         issuer=_Issuer(issuer_cert, issuer_key),
-        now=now,
-        days=days,
-        path_length=None,
-        ca=False,
-        extensions=[
-            (_key_usage(signing=True, ca=False), True),
-            (x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False),
-            (x509.SubjectAlternativeName(_general_names(hosts)), False),
-        ],
     )
 
 
@@ -204,18 +223,8 @@ def device_certificate(
     serial: int | None = None,
 ) -> x509.Certificate:
     """Device (MQTT client) certificate: CN = device id, EKU clientAuth."""
-    return _build(
-        subject=_name(org, device_id),
-        public_key=public_key,
-        issuer=_Issuer(issuer_cert, issuer_key),
-        now=now,
-        days=days,
-        path_length=None,
-        ca=False,
-        serial=serial,
-        extensions=[
-            (_key_usage(signing=True, ca=False), True),
-            (x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), False),
-            (x509.SubjectAlternativeName([x509.DNSName(device_id)]), False),
-        ],
+    return _end_entity(
+        public_key, subject=_name(org, device_id), usage=ExtendedKeyUsageOID.CLIENT_AUTH,
+        names=[x509.DNSName(device_id)], days=days, now=now,
+        issuer=_Issuer(issuer_cert, issuer_key), serial=serial,
     )

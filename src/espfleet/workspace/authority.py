@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from espfleet._io import atomic_write
@@ -47,16 +47,10 @@ class IssuingAuthority(CertificateAuthority):
 
     @property
     def authority(self) -> CertificateAuthority:
-        """The pure, picklable CA (no registry handle) for worker processes."""
-        return CertificateAuthority(
-            org=self.org,
-            root_cert=self.root_cert,
-            issuing_cert=self.issuing_cert,
-            issuing_key=self.issuing_key,
-            device_days=self.device_days,
-            server_days=self.server_days,
-            crl_days=self.crl_days,
-        )
+        """The pure CA without a registry handle, for forked worker processes (loaded keys
+        cannot be pickled: workers inherit them by fork)."""
+        names = [f.name for f in fields(CertificateAuthority)]
+        return CertificateAuthority(**{name: getattr(self, name) for name in names})
 
     @property
     def registry(self) -> Registry:
