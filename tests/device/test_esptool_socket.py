@@ -177,3 +177,26 @@ def test_secure_download_mode_writes_but_does_not_read(image: Path, tmp_path: Pa
         read = esptool(server.url, "read-flash", "0x10000", "0x100", str(tmp_path / "x.bin"))
     assert read.returncode != 0
     assert not (tmp_path / "x.bin").exists()
+
+
+def test_power_cut_during_esptool_write_is_survived_by_reconnecting(image: Path) -> None:
+    chip = VirtualChip.new("esp32")
+    data = image.read_bytes()
+    with LoaderServer(chip) as server:
+        chip.flash.arm_power_cut(0x4000 + 1500)  # the erase, then 1500 bytes of data
+        done = esptool(server.url, "write-flash", "0x10000", str(image))
+        assert server.sessions == 2
+    # The UART went silent mid-write; esptool reconnected after power-on and rewrote.
+    assert "power cut while programming" in " ".join(chip.console)
+    assert done.returncode == 0, done.stderr
+    assert "Lost connection, retrying" in done.stdout
+    assert chip.flash.read(0x10000, len(data)) == data
+
+
+def test_esp32_revision_comes_from_efuse_and_the_apb_date_bit() -> None:
+    with LoaderServer(VirtualChip.new("esp32", revision=100)) as server:
+        old = esptool(server.url, "chip-id")
+    assert "(revision v1.0)" in old.stdout
+    with LoaderServer(VirtualChip.new("esp32", revision=301)) as server:
+        eco3 = esptool(server.url, "chip-id")
+    assert "(revision v3.1)" in eco3.stdout

@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from espfleet.device.chip import VirtualChip
+from espfleet.device.flash import PowerCut
 from espfleet.device.loader import Op, RomError, RomLoader
 from espfleet.device.slip import SlipDecoder, encode
 
@@ -132,3 +133,19 @@ def test_secure_download_mode_refuses_register_and_flash_reads() -> None:
     (info,) = loader.handle(_request(Op.GET_SECURITY_INFO))
     flags = struct.unpack("<I", _reply(info)[2][:4])[0]
     assert flags & 1 << 2  # SECURE_DOWNLOAD_ENABLE, as esptool reads it
+
+
+def test_power_cut_mid_block_leaves_a_partially_programmed_image(esp32: VirtualChip) -> None:
+    loader = RomLoader(esp32)
+    loader.handle(_request(Op.FLASH_BEGIN, struct.pack("<IIII", 0x800, 2, 0x400, 0x1000)))
+    esp32.flash.arm_power_cut(0x400 + 100)  # one block, then 100 bytes of the next
+    data = bytes(range(256)) * 4
+    for seq in range(2):
+        block = struct.pack("<IIII", len(data), seq, 0, 0) + data
+        if seq == 1:
+            with pytest.raises(PowerCut):
+                loader.handle(_request(Op.FLASH_DATA, block, _checksum(data)))
+        else:
+            loader.handle(_request(Op.FLASH_DATA, block, _checksum(data)))
+    assert esp32.flash.read(0x1000, 0x400 + 100) == data + data[:100]
+    assert esp32.flash.read(0x1400 + 100, 0x400 - 100) == b"\xff" * (0x400 - 100)

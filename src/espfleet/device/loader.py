@@ -24,7 +24,7 @@ from typing import ClassVar
 
 from espfleet.device import engine
 from espfleet.device.chip import VirtualChip
-from espfleet.device.flash import SECTOR_SIZE
+from espfleet.device.flash import SECTOR_SIZE, PowerCut
 from espfleet.errors import DeviceError, InputError
 
 __all__ = ["Op", "RomError", "RomLoader"]
@@ -166,6 +166,8 @@ class RomLoader:
             if refused.note:
                 self._note(refused.note)
             return [self._response(op, 0, b"", refused.code)]
+        except PowerCut:
+            raise  # the chip lost power: no answer at all
         except DeviceError as error:
             self._note(str(error))
             return [self._response(op, 0, b"", RomError.FAILED)]

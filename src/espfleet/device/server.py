@@ -16,6 +16,7 @@ from collections.abc import Callable
 from types import TracebackType
 
 from espfleet.device.chip import VirtualChip
+from espfleet.device.flash import PowerCut
 from espfleet.device.loader import Op, RomLoader
 from espfleet.device.slip import SlipDecoder, encode
 from espfleet.errors import DeviceError, InputError
@@ -151,6 +152,10 @@ class LoaderServer:
                             self._save(loader)
                     if responses:
                         conn.sendall(b"".join(encode(r) for r in responses))
+        except PowerCut as cut:
+            # Power is gone: the UART goes silent and the next connection is a power-on.
+            self.chip.console.append(f"[rom-loader] {cut}")
+            log.warning("%s: %s", peer, cut)
         except OSError as error:
             log.info("%s: connection ended: %s", peer, error)
         finally:
