@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import datetime as dt
 import json
 import subprocess
 from collections.abc import Callable
@@ -9,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from espfleet.cli import main
-from espfleet.pki.ca import fingerprint_sha256
+from espfleet.pki.ca import fingerprint_sha256, utcnow
 from espfleet.pki.crl import crl_number, load_crl
 from espfleet.workspace import Workspace
 
@@ -89,3 +90,15 @@ def test_ca_reseal_after_edit(fleet_workspace: Path) -> None:
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["changed"] == ["fleet.toml"]
     assert CliRunner().invoke(main, ["ca", "show"]).exit_code == 0
+
+
+def test_stale_crl_is_flagged(fleet_workspace: Path) -> None:
+    ws = Workspace.open(fleet_workspace)
+    with ws.ca(b"correct horse battery staple") as authority:
+        authority.regenerate_crl(now=utcnow() - dt.timedelta(days=40))
+    result = CliRunner().invoke(main, ["ca", "crl", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["stale"] is True
+    assert "--refresh" in result.stderr
+    refreshed = json.loads(CliRunner().invoke(main, ["ca", "crl", "--refresh", "--json"]).stdout)
+    assert refreshed["stale"] is False

@@ -8,7 +8,8 @@ import click
 
 from espfleet._io import atomic_write
 from espfleet.cli._context import CliContext, get_passphrase
-from espfleet.cli._output import console, echo_json
+from espfleet.cli._output import console, echo_json, err_console
+from espfleet.pki.ca import utcnow
 from espfleet.pki.crl import crl_number, load_crl
 from espfleet.workspace import Workspace
 
@@ -65,6 +66,12 @@ def crl(obj: CliContext, out: Path | None, refresh: bool, as_json: bool) -> None
     else:
         data = workspace.crl_pem()
     parsed = load_crl(data)
+    stale = parsed.next_update_utc is not None and parsed.next_update_utc <= utcnow()
+    if stale:
+        err_console.print(
+            "warning: this CRL is past its nextUpdate: TLS peers may reject every client; "
+            "run `espfleet ca crl --refresh`"
+        )
     if out is not None:
         atomic_write(out, data)
     if not as_json:
@@ -78,6 +85,7 @@ def crl(obj: CliContext, out: Path | None, refresh: bool, as_json: bool) -> None
             "issuer": parsed.issuer.rfc4514_string(),
             "this_update": parsed.last_update_utc.isoformat(),
             "next_update": parsed.next_update_utc.isoformat() if parsed.next_update_utc else None,
+            "stale": stale,
             "revoked": [
                 {"serial": f"{entry.serial_number:x}",
                  "revoked_at": entry.revocation_date_utc.isoformat()}
