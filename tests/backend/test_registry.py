@@ -190,3 +190,21 @@ def test_registry_errors_do_not_show_the_password() -> None:
     with pytest.raises(RegistryError) as caught:
         Registry.open(url)
     assert "s3cret-pw" not in str(caught.value) and "fleet.toml" in str(caught.value)
+
+
+def _record_many(url: str, prefix: str) -> int:
+    with Registry.open(url) as reg:
+        for i in range(15):
+            add_cert(reg, f"{prefix}{i:02x}", device_id=f"esp32-{prefix}{i:010x}")
+    return 15
+
+
+def test_parallel_processes_record_without_locking_errors(url: str) -> None:
+    import multiprocessing
+
+    Registry.open(url).close()
+    with multiprocessing.get_context("fork").Pool(2) as pool:
+        counts = pool.starmap(_record_many, [(url, "aa"), (url, "bb")])
+    assert counts == [15, 15]
+    with Registry.open(url) as reg:
+        assert len(reg.certificates()) == 30

@@ -248,3 +248,20 @@ def test_missing_or_tampered_workspace_file_changes_nothing(
 def test_debug_shows_a_traceback(fleet_workspace: Path) -> None:
     result = run("--debug", "cert", "issue", "nope nope")
     assert result.exit_code == 2 and "Traceback" in result.output
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["cert", "issue"],
+        ["cert", "revoke"],
+        ["cert", "list"],
+        ["ca", "show"],
+        ["ca", "crl"],
+        ["ca", "reseal"],
+        ["init"],
+    ],
+)
+def test_every_subcommand_has_help(command: list[str]) -> None:
+    result = run(*command, "--help")
+    assert result.exit_code == 0 and "Usage:" in result.output

@@ -71,3 +71,22 @@ def test_csr_on_another_curve_is_refused() -> None:
 def test_garbage_is_not_a_csr() -> None:
     with pytest.raises(InputError, match="not a certificate signing request"):
         load_csr(b"-----BEGIN CERTIFICATE REQUEST-----\nnope\n-----END CERTIFICATE REQUEST-----\n")
+
+
+def test_csr_requesting_ca_rights_and_other_names_gets_a_plain_leaf(
+    authority: CertificateAuthority,
+) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, DEVICE)]))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName("broker.example.com")]), critical=False
+        )
+        .sign(key, hashes.SHA256())
+    )
+    cert = authority.issue_device_cert(DEVICE, csr=csr).certificate
+    assert cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca is False
+    sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert sans.get_values_for_type(x509.DNSName) == [DEVICE]
