@@ -132,13 +132,21 @@ def security_state(chip: VirtualChip) -> SecurityState:
     """Read the security eFuses the way the ROM does at reset."""
     facts = chip.facts
     efuses = chip.efuses()
+    slots = len(facts.sb_digest_purposes or facts.sb_digest_blocks)
+    digests: list[bytes | None] = [None] * slots
+    revoked = [False] * slots
+    for found in efuses.secure_boot_digests():
+        digests[found.slot] = found.digest
+        revoked[found.slot] = found.revoked
+    for slot, name in enumerate(facts.sb_revoke_fields):
+        revoked[slot] = revoked[slot] or bool(efuses.get_int(name))
     return SecurityState(
         flash_encryption=chip.flash_encryption_enabled(),
-        secure_boot=bool(efuses.get(facts.sb_enable_field)),
-        digests=tuple(efuses.secure_boot_digests()),
-        revoked=tuple(bool(efuses.get(name)) for name in facts.sb_revoke_fields),
-        max_signature_blocks=len(facts.sb_digest_purposes or facts.sb_digest_blocks),
-        secure_version=int(efuses.get(facts.secure_version_field)).bit_count(),
+        secure_boot=bool(efuses.get_int(facts.sb_enable_field)),
+        digests=tuple(digests),
+        revoked=tuple(revoked),
+        max_signature_blocks=slots,
+        secure_version=efuses.get_int(facts.secure_version_field).bit_count(),
     )
 
 
@@ -361,7 +369,7 @@ def update_anti_rollback(chip: VirtualChip, secure_version: int, con: BootConsol
     ``esp_ota_mark_app_valid_cancel_rollback``.
     """
     facts = chip.facts
-    current = int(chip.efuses().get(facts.secure_version_field)).bit_count()
+    current = chip.efuses().get_int(facts.secure_version_field).bit_count()
     if secure_version <= current:
         return
     if secure_version > facts.secure_version_bits:
@@ -470,10 +478,10 @@ def _read_image(read: Callable[[int], bytes], limit: int) -> bytes:
         except FormatError:
             size = min(size * 4, limit)
             continue
-        needed = _align(image.image_length, SECTOR) + SECTOR
+        needed = min(_align(image.image_length, SECTOR) + SECTOR, limit)
         if needed <= size:
-            return data
-        size = min(needed, limit)
+            return data[:needed]  # the image, its padding, and the signature sector
+        size = needed
 
 
 def _finish_bootloader(chip: VirtualChip, security: SecurityState, con: BootConsole) -> None:

@@ -91,7 +91,7 @@ class Firmware:
         con.info("espfleet", f"device id {identity.device_id}, certificate serial "
                              f"{identity.cert_serial}")
         confirmed = self._confirm_if_pending()
-        efuse_sv = int(self.chip.efuses().get(self.chip.facts.secure_version_field)).bit_count()
+        efuse_sv = self.chip.efuses().get_int(self.chip.facts.secure_version_field).bit_count()
         return AppReport(
             device_id=identity.device_id,
             cert_serial=identity.cert_serial,
