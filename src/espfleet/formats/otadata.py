@@ -172,15 +172,11 @@ def boot_slot(ota: OtaData, num_ota_slots: int) -> int | None:
 def _seq_for_slot(current_seq: int, slot: int, num_ota_slots: int) -> int:
     """Smallest seq >= current_seq that maps to ``slot`` (compute_ota_seq_for_target_slot)."""
     base = (slot + 1) % num_ota_slots
-    i = 0
-    while current_seq > base + i * num_ota_slots:
-        i += 1
-    return base + i * num_ota_slots
+    steps = max(0, -(-(current_seq - base) // num_ota_slots))
+    return base + steps * num_ota_slots
 
 
-def select(
-    ota: OtaData, slot: int, num_ota_slots: int, state: OtaState = OtaState.NEW
-) -> OtaData:
+def select(ota: OtaData, slot: int, num_ota_slots: int, state: OtaState = OtaState.NEW) -> OtaData:
     """What ``esp_ota_set_boot_partition(ota_<slot>)`` writes.
 
     If the active entry already maps to ``slot`` only its state changes; otherwise the
@@ -200,6 +196,11 @@ def select(
             target, seq = index, active.seq
         else:
             target, seq = 1 - index, _seq_for_slot(active.seq, slot, num_ota_slots)
+    if seq >= UINT32_MAX:
+        raise InputError(
+            f"otadata sequence number would pass 0xfffffffe (current {seq - num_ota_slots:#x}): "
+            "erase otadata and select the slot again"
+        )
     old = ota.entries[target]
     label = old.label if old is not None else ERASED_LABEL
     return ota.with_entry(target, OtaSelectEntry(seq, state, label))
@@ -227,9 +228,9 @@ def bootloader_step(ota: OtaData, num_ota_slots: int) -> tuple[int | None, OtaDa
     if NEW, becomes PENDING_VERIFY until the app marks it VALID.
     """
     _check_slots(num_ota_slots)
-    for index, entry in enumerate(ota.entries):
-        if entry is not None and entry.state == OtaState.PENDING_VERIFY:
-            ota = ota.with_entry(index, replace(entry, state=OtaState.ABORTED))
+    for number, pending in enumerate(ota.entries):
+        if pending is not None and pending.state == OtaState.PENDING_VERIFY:
+            ota = ota.with_entry(number, replace(pending, state=OtaState.ABORTED))
     index = ota.active_index()
     if index is None:
         return None, ota
