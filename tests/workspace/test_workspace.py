@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -47,6 +48,9 @@ def test_layout_and_gitignore(fleet_workspace: Path) -> None:
         assert pattern in ignored
 
 
+@pytest.mark.skipif(
+    shutil.which("git") is None, reason="git is not installed (apt-get install git)"
+)
 def test_gitignore_keeps_every_secret_out_of_git(fleet_workspace: Path) -> None:
     subprocess.run(["git", "init", "-q", str(fleet_workspace)], check=True)
     out = subprocess.run(
