@@ -84,13 +84,12 @@ class BatchReport:
 
 @dataclass(frozen=True)
 class _Job:
-    """What a worker needs; sent once per worker (pickled under spawn)."""
+    """What a worker needs, inherited by the forked workers (keys loaded once)."""
 
     bundles_dir: Path
-    vault_dir: Path
+    vault: Vault
     policy: FleetPolicy
     ca: CertificateAuthority
-    passphrase: bytes
 
 
 _STATE: dict[str, Any] = {}
@@ -101,16 +100,14 @@ def _init_worker(job: _Job) -> None:
 
     log.set_verbosity("silent")
     _STATE["job"] = job
-    _STATE["vault"] = Vault.open(job.vault_dir, job.passphrase, create=False)
 
 
 def _build_one(request: DeviceRequest) -> DeviceResult:
     job: _Job = _STATE["job"]
-    vault: Vault = _STATE["vault"]
     start = time.perf_counter()
     device_id = request.device_id
     try:
-        return _build(job, vault, request, start)
+        return _build(job, job.vault, request, start)
     except EspfleetError as error:
         return DeviceResult(device_id, "failed", time.perf_counter() - start, str(error))
 
@@ -237,7 +234,8 @@ def run_batch(
     ids = [r.device_id for r in requests]
     if len(set(ids)) != len(ids):
         raise ProvisioningError("the batch names a device twice")
-    Vault.open(vault_dir, passphrase)  # creates kdf.json once, before workers race for it
+    # Derived once here; forked workers inherit the key (and kdf.json exists before them).
+    vault = Vault.open(vault_dir, passphrase)
     done = done_devices(registry, bundles_dir, ids)
     pending = [r for r in requests if r.device_id not in done]
     clean_leftovers(bundles_dir, [r.device_id for r in pending])
@@ -248,9 +246,10 @@ def run_batch(
             results.append(skipped)
             if on_result:
                 on_result(skipped)
-    job = _Job(bundles_dir, vault_dir, policy, ca, passphrase)
+    job = _Job(bundles_dir, vault, policy, ca)
     for result in _results(job, pending, jobs or os.cpu_count() or 1):
         if result.status == "built":
+            os.sync()  # the bundle's files are on disk before the registry says "done"
             _record(registry, policy, result)
         results.append(result)
         if on_result:
@@ -262,7 +261,8 @@ def _results(job: _Job, pending: Sequence[DeviceRequest], jobs: int) -> Iterator
     if not pending:
         return
     workers = max(1, min(jobs, len(pending)))
-    if workers == 1:
+    # Loaded keys cannot be pickled: workers inherit them by fork; without fork, run here.
+    if workers == 1 or "fork" not in multiprocessing.get_all_start_methods():
         _init_worker(job)
         try:
             for request in pending:
@@ -270,8 +270,7 @@ def _results(job: _Job, pending: Sequence[DeviceRequest], jobs: int) -> Iterator
         finally:
             _STATE.clear()
         return
-    methods = multiprocessing.get_all_start_methods()
-    context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+    context = multiprocessing.get_context("fork")
     pool = context.Pool(workers, initializer=_init_worker, initargs=(job,))
     try:
         yield from pool.imap_unordered(_build_one, pending, chunksize=1)
