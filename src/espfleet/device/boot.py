@@ -79,6 +79,8 @@ class SecurityState:
     revoked: tuple[bool, ...]
     #: Signature blocks the ROM reads (ESP32 has one digest slot and reads one block).
     max_signature_blocks: int
+    #: Signature schemes the chip's ROM verifies (chips.ChipFacts.secure_boot_schemes).
+    schemes: tuple[str, ...]
     #: The anti-rollback counter: the number of bits set in ``SECURE_VERSION``.
     secure_version: int
 
@@ -146,6 +148,7 @@ def security_state(chip: VirtualChip) -> SecurityState:
         digests=tuple(digests),
         revoked=tuple(revoked),
         max_signature_blocks=slots,
+        schemes=tuple(facts.secure_boot_schemes),
         secure_version=efuses.get_int(facts.secure_version_field).bit_count(),
     )
 
@@ -279,11 +282,21 @@ def _garbage_hint(security: SecurityState) -> str:
 
 def _verify_signature(data: bytes, security: SecurityState) -> int:
     try:
-        return secure_boot.verify_with_digests(
+        slot = secure_boot.verify_with_digests(
             data, security.digests, security.revoked, max_blocks=security.max_signature_blocks
+        )
+        digest = security.digests[slot]
+        scheme = next(
+            b.scheme for b in secure_boot.signature_blocks(data) if b.key_digest == digest
         )
     except (SigningError, FormatError) as exc:
         raise BootRefused(f"signature verification failed: {exc}") from None
+    if scheme not in security.schemes:
+        raise BootRefused(
+            f"signature verification failed: the image is signed with {scheme}, but this "
+            f"chip's secure boot V2 verifies {', '.join(security.schemes)} only"
+        )
+    return slot
 
 
 # -- second stage bootloader -------------------------------------------------------------
