@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from espfleet.device.chip import VirtualChip, parse_mac
 from espfleet.device.efuse import EfuseController
@@ -125,3 +127,26 @@ def test_download_mode_follows_efuses_after_reset_only() -> None:
     s3.burn_efuse("ENABLE_SECURITY_DOWNLOAD", 1)
     s3.reset()
     assert s3.download_mode == "secure"
+
+
+_UINT_FIELDS = {
+    "esp32": ["FLASH_CRYPT_CNT", "FLASH_CRYPT_CONFIG", "SPI_PAD_CONFIG_HD", "CLK8M_FREQ", "WR_DIS"],
+    "esp32s3": ["SPI_BOOT_CRYPT_CNT", "KEY_PURPOSE_1", "SECURE_VERSION", "WDT_DELAY_SEL"],
+}
+
+
+@pytest.mark.parametrize("chip_name", sorted(_UINT_FIELDS))
+@settings(max_examples=30, deadline=None)
+@given(data=st.data())
+def test_field_reads_match_espefuse_own_decoder(chip_name: str, data: st.DataObject) -> None:
+    ctl = EfuseController(chip_name)
+    name = data.draw(st.sampled_from(_UINT_FIELDS[chip_name]))
+    width = ctl.field(name).bit_len
+    first = data.draw(st.integers(0, (1 << width) - 1))
+    second = data.draw(st.integers(0, (1 << width) - 1))
+    ctl.burn(name, first)
+    if name != "WR_DIS":
+        ctl.burn(name, second)
+        first |= second
+    assert ctl.get(name) == first
+    assert int(ctl._ctl.read_field(name, bitstring=False)) == first
