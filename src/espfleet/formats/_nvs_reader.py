@@ -230,8 +230,10 @@ def _take(entry: bytes, payload: bytes, where: str, offset: int, state: _State) 
         elif code == TYPE_BLOB_V1:
             _put(state, RawItem(ns, key, "blob", body, offset))
         else:
-            if not body.endswith(b"\x00"):
-                raise FormatError(f"{where}: string {key!r} is not NUL-terminated", offset)
+            if not body.endswith(b"\x00") or b"\x00" in body[:-1]:
+                raise FormatError(
+                    f"{where}: string {key!r} is not one NUL-terminated string", offset
+                )
             text = _text(body[:-1], f"string {key!r}", where, offset)
             _put(state, RawItem(ns, key, "string", text, offset))
         return

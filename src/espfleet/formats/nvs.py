@@ -150,7 +150,12 @@ def read(data: bytes, keys: NvsKeys | None = None) -> dict[str, dict[str, NvsVal
     names, items = decode_items(bytes(data), keys)
     result: dict[str, dict[str, NvsValue]] = {name: {} for name in names.values()}
     for item in sorted(items, key=lambda i: i.offset):
-        result[names[item.ns]][item.key] = NvsValue(item.type, item.value)
+        try:
+            result[names[item.ns]][item.key] = NvsValue(item.type, item.value)
+        except InputError as error:
+            raise FormatError(
+                f"NVS entry at offset {item.offset:#x}: {error}", item.offset
+            ) from None
     return result
 
 
