@@ -89,7 +89,8 @@ def test_app() -> bytes:
 
 
 def make_policy(fleet: Fleet, app: bytes, bootloader: bytes, *, mode: str = "release",
-                merged: bool = False, key_policy: str = "escrow") -> object:
+                merged: bool = False, key_policy: str = "escrow", chip: str = "esp32",
+                fe_key_len: int = 32) -> object:
     """A FleetPolicy for the fixture workspace, images signed by espsecure."""
     import hashlib
 
@@ -102,10 +103,11 @@ def make_policy(fleet: Fleet, app: bytes, bootloader: bytes, *, mode: str = "rel
     ws = fleet.workspace
     signed_app = fleet.sign(app)
     return FleetPolicy(
-        chip="esp32", mode=mode, key_policy=key_policy,  # type: ignore[arg-type]
+        chip=chip, mode=mode, key_policy=key_policy,  # type: ignore[arg-type]
         flash_size="4MB", table=default_secure_table(0x400000, 0xF000), table_offset=0xF000,
         signed_bootloader=fleet.sign(bootloader), signed_app=signed_app,
-        secure_boot_digest=ws.secure_boot_digest(), efuse_plan=plan_for("esp32", mode),
+        secure_boot_digest=ws.secure_boot_digest(),
+        efuse_plan=plan_for(chip, mode, fe_key_len=fe_key_len), fe_key_len=fe_key_len,
         firmware=FirmwareInfo("blink", "1.0.0", 0, hashlib.sha256(signed_app).hexdigest()),
         broker_uri="mqtts://localhost:8883", recovery_uri="mqtts://localhost:8884",
         ca_chain_pem=ws.chain_pem().decode(), ota_ca_pem=cert_pem(ws.root_cert).decode(),

@@ -6,6 +6,8 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from espfleet._io import atomic_directory
 from espfleet.errors import InputError, ProvisioningError
@@ -108,3 +110,32 @@ def test_wipe_secrets(tmp_path: Path) -> None:
     wipe_secrets(path)
     wipe_secrets(path)
     assert load_bundle(path).sealed_secrets is None
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    sizes=st.lists(st.integers(1, 0x3000), min_size=1, max_size=6),
+    gaps=st.lists(st.integers(0, 4), min_size=6, max_size=6),
+    mode=st.sampled_from(["release", "development"]),
+    chip=st.sampled_from(["esp32", "esp32s3", "esp32c3"]),
+    mac=st.binary(min_size=5, max_size=5),
+    policy=st.sampled_from(["escrow", "destroy"]),
+)
+def test_manifest_json_round_trip(
+    sizes: list[int], gaps: list[int], mode: str, chip: str, mac: bytes, policy: str
+) -> None:
+    offset, arts = 0, []
+    for i, (size, gap) in enumerate(zip(sizes, gaps, strict=False)):
+        offset += gap * 0x1000
+        arts.append(Artifact(f"part{i}", f"part{i}.bin", offset, size, "ab" * 32, i % 2 == 0))
+        offset += -(-size // 0x1000) * 0x1000
+    full_mac = b"\x02" + mac
+    manifest = Manifest(
+        device_id=f"{chip}-{full_mac.hex()}", chip=chip, mode=mode,  # type: ignore[arg-type]
+        mac=full_mac.hex(), flash_size="4MB", key_policy=policy,  # type: ignore[arg-type]
+        artifacts=tuple(arts), efuse_plan=plan_for(chip, mode),
+        certificate=CertificateInfo("1", "00" * 32, "2030-01-01T00:00:00+00:00"),
+        key_fingerprints=KeyFingerprints("11" * 32, "22" * 32, "33" * 32),
+        firmware=FirmwareInfo("p", "v", 1, "44" * 32),
+    )
+    assert Manifest.decode(manifest.encode()) == manifest

@@ -191,3 +191,29 @@ def test_development_policy_carries_development_plan(
     plan = plan_device(policy, request, _keys(fleet, request.device_id))
     assert plan.manifest.mode == "development"
     assert plan.manifest.efuse_plan.post_flash() == ()
+
+
+@pytest.mark.parametrize(("chip", "key_len"), [("esp32s3", 32), ("esp32s3", 64), ("esp32c3", 32)])
+def test_xts_chip_artifacts_decrypt_with_espsecure_aes_xts(
+    fleet: Fleet, chip: str, key_len: int
+) -> None:
+    from espfleet.formats import app_image
+
+    from .conftest import build_test_app
+
+    cls = {"esp32s3": "ESP32S3FirmwareImage", "esp32c3": "ESP32C3FirmwareImage"}[chip]
+    policy: Any = make_policy(fleet, build_test_app(cls, size=0x4000),
+                              app_image.build_bootloader(chip), chip=chip, fe_key_len=key_len)
+    request = DeviceRequest(chip, MAC)
+    keys = _keys(fleet, request.device_id)
+    keys = DeviceKeys(os.urandom(key_len), keys.nvs_keys, keys.recovery_secret, keys.cert_pem,
+                      keys.key_pem, keys.certificate)
+    plan = plan_device(policy, request, keys)
+    assert plan.manifest.artifact("bootloader").offset == 0x0
+    for name, plaintext in (("bootloader", policy.signed_bootloader), ("ota_0", policy.signed_app)):
+        art = plan.manifest.artifact(name)
+        out = io.BytesIO()
+        espsecure.decrypt_flash_data(io.BytesIO(keys.flash_encryption_key), out, art.offset,
+                                     0xF, True, io.BytesIO(plan.images[name]))
+        assert out.getvalue() == plaintext, name
+    assert plan.manifest.efuse_plan.chip == chip
