@@ -260,3 +260,16 @@ def test_find_all_matches_a_naive_search(
         key=lambda hit: (hit[1], hit[0]),
     )
     assert sorted(find_all(blob, needles), key=lambda hit: (hit[1], hit[0])) == naive
+
+
+def test_entropy_of_partly_written_blocks() -> None:
+    """A sector holding 512 bytes then erased flash is judged on those 512 bytes."""
+    text = (b"wifi connected, mqtt session up, ota idle. " * 20)[:512]
+    import random
+
+    noise = random.Random(3).randbytes(551).replace(b"\xff", b"\x00")
+    emap = entropy_map(noise[:512] + b"\xff" * 3584 + text + b"\xff" * 3584
+                       + noise[512:] + b"\xff" * 4057)
+    assert [b.cls for b in emap.blocks] == [BlockClass.CIPHERTEXT, BlockClass.PLAINTEXT,
+                                            BlockClass.LOW]
+    assert [b.written for b in emap.blocks] == [512, 512, 39]

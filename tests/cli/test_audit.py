@@ -61,7 +61,8 @@ def test_flash_json_lists_findings_and_entropy(tmp_path: Path) -> None:
     }
     assert out["passed"] is False and out["fail_on"] == "high"
     assert len(out["entropy"]["blocks"]) == 0x80
-    assert out["entropy"]["blocks"][0x7F] == {"offset": 0x7F000, "entropy": 0.0, "class": "erased"}
+    assert out["entropy"]["blocks"][0x7F] == {"offset": 0x7F000, "entropy": 0.0,
+                                              "class": "erased", "written": 0}
 
 
 def test_fail_on_threshold(tmp_path: Path) -> None:

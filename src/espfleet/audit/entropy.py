@@ -25,8 +25,11 @@ __all__ = [
 BLOCK_SIZE = 4096
 #: Below this many bits per byte a block is mostly padding or tables.
 LOW_ENTROPY = 3.0
-#: At or above this a 4 KB block is as random as ciphertext (random data: ~7.95).
-CIPHERTEXT_ENTROPY = 7.6
+#: Ciphertext scores within this many bits of what random bytes of the same length
+#: give (4 KB of random data: 7.955, so a full block needs 7.6).
+CIPHERTEXT_MARGIN = 0.35
+#: Fewer written bytes than this are too few to tell ciphertext from anything else.
+MIN_JUDGED = 64
 
 
 class BlockClass(Enum):
@@ -51,11 +54,19 @@ _SYMBOLS = {
 @dataclass(frozen=True)
 class EntropyBlock:
     offset: int
+    #: Bits per byte over the written part (trailing erased bytes left out).
     entropy: float
     cls: BlockClass
+    #: Bytes before the block's trailing run of 0xFF.
+    written: int
 
     def to_json(self) -> dict[str, Any]:
-        return {"offset": self.offset, "entropy": round(self.entropy, 3), "class": self.cls.value}
+        return {
+            "offset": self.offset,
+            "entropy": round(self.entropy, 3),
+            "class": self.cls.value,
+            "written": self.written,
+        }
 
 
 @dataclass(frozen=True)
@@ -98,8 +109,19 @@ class EntropyMap:
         }
 
 
+def _random_entropy(n: np.ndarray) -> np.ndarray:
+    """Expected Shannon entropy of ``n`` uniformly random bytes (Miller-Madow bias)."""
+    expected: np.ndarray = 8.0 - 255.0 / (2.0 * np.maximum(n, 1) * np.log(2.0))
+    return expected
+
+
 def entropy_map(data: bytes, block_size: int = BLOCK_SIZE) -> EntropyMap:
-    """Per-block Shannon entropy; a short last block is measured as it is."""
+    """Per-block Shannon entropy of the *written* part of each block.
+
+    Flash is written from the start of a sector and the rest stays erased, so a
+    block's trailing 0xFF bytes are left out: 256 bytes of ciphertext followed by
+    erased flash is ciphertext, judged against what that many random bytes give.
+    """
     if block_size <= 0:
         raise ValueError("block_size must be positive")
     if not data:
@@ -107,29 +129,33 @@ def entropy_map(data: bytes, block_size: int = BLOCK_SIZE) -> EntropyMap:
     arr = np.frombuffer(data, dtype=np.uint8)
     nblocks = -(-len(arr) // block_size)
     pad = nblocks * block_size - len(arr)
-    if pad:
-        arr = np.concatenate([arr, np.zeros(pad, dtype=np.uint8)])
+    if pad:  # a short last block reads as if erased flash followed it
+        arr = np.concatenate([arr, np.full(pad, 0xFF, dtype=np.uint8)])
+    blocks2d = arr.reshape(nblocks, block_size)
+    written_mask = blocks2d != 0xFF
+    written = np.where(
+        written_mask.any(axis=1), block_size - np.argmax(written_mask[:, ::-1], axis=1), 0
+    )
     # One bincount over (block, byte value) pairs: no Python loop over bytes.
-    index = arr.reshape(nblocks, block_size).astype(np.int32)
+    index = blocks2d.astype(np.int32)
     index += (np.arange(nblocks, dtype=np.int32) * 256)[:, None]
     hist = np.bincount(index.ravel(), minlength=nblocks * 256).reshape(nblocks, 256)
-    hist[-1, 0] -= pad
-    sizes = hist.sum(axis=1, keepdims=True)
-    p = hist / sizes
+    hist[:, 0xFF] -= block_size - written
+    p = hist / np.maximum(written, 1)[:, None]
     with np.errstate(divide="ignore", invalid="ignore"):
         terms = np.where(hist > 0, -p * np.log2(p), 0.0)
     entropies = terms.sum(axis=1)
-    erased = hist[:, 0xFF] == sizes[:, 0]
+    cipher_floor = _random_entropy(written) - CIPHERTEXT_MARGIN
     blocks = []
     for i in range(nblocks):
-        e = float(entropies[i])
-        if erased[i]:
+        e, n = float(entropies[i]), int(written[i])
+        if n == 0:
             cls = BlockClass.ERASED
-        elif e < LOW_ENTROPY:
+        elif e < LOW_ENTROPY or n < MIN_JUDGED:
             cls = BlockClass.LOW
-        elif e < CIPHERTEXT_ENTROPY:
+        elif e < cipher_floor[i]:
             cls = BlockClass.PLAINTEXT
         else:
             cls = BlockClass.CIPHERTEXT
-        blocks.append(EntropyBlock(i * block_size, e, cls))
+        blocks.append(EntropyBlock(i * block_size, e, cls, n))
     return EntropyMap(tuple(blocks), block_size)
