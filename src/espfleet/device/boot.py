@@ -58,6 +58,8 @@ SECTOR = 0x1000
 PARTITION_TABLE_SIZE = 0xC00
 _IMAGE_MAGIC = 0xE9
 _FIRST_READ = 0x10000
+#: Header values of max_rev_full meaning "no upper limit" (0: older esptool default).
+_MAX_REV_UNSET = (0, 0xFFFF)
 #: The ROM loads at most this much bootloader (its IRAM/DRAM are smaller still).
 _ROM_READ_LIMIT = 0x20000
 
@@ -190,6 +192,10 @@ def verify_app_image(
         raise BootRefused(
             f"image requires chip rev >= {_rev(image.min_rev_full)}, but chip is {_rev(revision)}"
         )
+    if image.max_rev_full not in _MAX_REV_UNSET and revision > image.max_rev_full:
+        raise BootRefused(
+            f"image requires chip rev <= {_rev(image.max_rev_full)}, but chip is {_rev(revision)}"
+        )
     if not image.checksum_ok or image.sha256_ok is False:
         raise BootRefused(
             "image hash failed: the image is corrupted (or decrypted with another key)"
@@ -241,6 +247,11 @@ def _rom_stage(chip: VirtualChip, security: SecurityState, con: BootConsole) -> 
     for line in (*text.banner, "", text.reset_line):
         con.rom(line)
     offset = facts.bootloader_offset
+    if security.flash_encryption and chip.hardware_key() is None:
+        con.rom(f"flash read err, {offset:x}")
+        raise _Stop("rom", f"ROM: flash read err at 0x{offset:x}: the crypt counter turns flash "
+                           "encryption on but no flash-encryption key is burned; this chip "
+                           "cannot boot (burn the key before the crypt counter)")
     read = chip.read_decrypted if security.flash_encryption else chip.flash.read
     data = _read_image(lambda n: read(offset, n), min(_ROM_READ_LIMIT, chip.flash.size - offset))
     if data[0] != _IMAGE_MAGIC:
@@ -501,7 +512,10 @@ def _finish_bootloader(chip: VirtualChip, security: SecurityState, con: BootCons
     if security.secure_boot:
         con.info("secure_boot_v2", "secure boot v2 is already enabled, continuing..")
     if security.flash_encryption:
-        con.info("flash_encrypt", "flash encryption is enabled")
+        facts = chip.facts
+        count = chip.efuses().get_int(facts.crypt_cnt_field).bit_count()
+        left = (facts.crypt_cnt_bits - count) // 2
+        con.info("flash_encrypt", f"flash encryption is enabled ({left} plaintext flashes left)")
     else:
         con.warn("flash_encrypt", "Flash encryption is not enabled: flash contents are plaintext")
     con.info("boot", "Disabling RNG early entropy source...")

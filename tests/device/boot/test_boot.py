@@ -115,3 +115,43 @@ def test_erased_flash_does_not_boot() -> None:
     result = boot(VirtualChip.new("esp32"))
     assert not result.started and result.stage == "rom"
     assert "invalid header: 0xffffffff" in result.log
+
+
+def test_development_mode_chip_boots_and_says_flashes_are_left(keys: list[PrivateKey]) -> None:
+    dev = make_device("esp32", signing_keys=keys[:1], release=False)
+    result = boot(dev.chip)
+    assert result.started, result.log
+    assert any("(3 plaintext flashes left)" in line for line in result.log)
+    release = boot(make_device("esp32", signing_keys=keys[:1]).chip)
+    assert any("(0 plaintext flashes left)" in line for line in release.log)
+
+
+def test_crypt_counter_without_a_key_cannot_boot(device: Device) -> None:
+    from espfleet.device.chip import VirtualChip
+
+    chip = VirtualChip.new("esp32")
+    chip.flash.program(0, device.chip.flash.snapshot())
+    chip.burn_efuse("FLASH_CRYPT_CNT", 1)
+    result = boot(chip)
+    assert result.stage == "rom"
+    assert "flash read err, 1000" in result.log
+
+
+def test_app_built_for_a_newer_revision_is_refused(device: Device) -> None:
+    from espfleet.formats import app_image, secure_boot
+
+    image = app_image.build_app("esp32", version="1.0.0", payload=b"x", min_rev_full=301)
+    device.write_app("ota_0", secure_boot.sign(image, list(device.signing_keys)))
+    result = boot(device.chip)
+    assert result.stage == "bootloader"
+    assert any("requires chip rev >= v3.1, but chip is v3.0" in line for line in result.log)
+
+
+def test_ota_image_larger_than_the_slot_is_refused(device: Device) -> None:
+    from espfleet.device.boot import BootRefused
+
+    fw = running_app(device.chip)
+    before = device.chip.flash.snapshot()
+    with pytest.raises(BootRefused, match="does not fit"):
+        fw.write_ota(b"\xe9" * (fw.passive_slot().size + 1))
+    assert device.chip.flash.snapshot() == before
