@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 
 from espfleet.chips import chip_facts
-from espfleet.errors import AuditError, InputError
+from espfleet.errors import AuditError, FlashError, InputError
 from espfleet.provisioning.espefuse_driver import EfuseDriver, EfuseState, silenced_esptool
 
 __all__ = ["read_efuse_file", "read_efuse_port"]
@@ -63,10 +63,17 @@ def read_efuse_port(chip: str, port: str, *, baud: int = 115200) -> EfuseState:
                 port_obj = getattr(esp, "_port", None)
                 if port_obj is not None:
                     port_obj.close()
-    except (esptool.FatalError, OSError) as error:
+    except (esptool.FatalError, OSError, FlashError) as error:
+        locked = "secure download mode" in str(error).lower()
         raise AuditError(
-            f"could not read the eFuses of the {facts.name} on {port}: {error}. Check the "
-            "port and that the chip is in download mode; a chip whose download mode is "
-            "locked cannot be audited over serial (audit its --virt file or trust the "
-            "provisioning record)"
+            f"could not read the eFuses of the {facts.name} on {port}: "
+            + (
+                "the chip is in Secure Download Mode, which refuses eFuse reads (that lock "
+                "is itself the release posture's last step); audit the eFuse file recorded "
+                "when it was flashed, or read them before the download lock"
+                if locked else
+                f"{error}. Check the port and that the chip is in download mode "
+                "(`--before no-reset` is used); a chip with UART download disabled cannot "
+                "be audited over serial"
+            )
         ) from error
