@@ -14,6 +14,8 @@ from pathlib import Path
 
 import espefuse
 import pytest
+from hypothesis import HealthCheck, Phase, example, given, settings
+from hypothesis import strategies as st
 
 from espfleet.chips import chip_facts
 from espfleet.errors import FlashError
@@ -271,3 +273,67 @@ def test_ctrl_c_mid_write_is_reported_and_journaled(tmp_path: Path) -> None:
     data = json.loads((tmp_path / JOURNAL_NAME).read_text())
     assert data["status"] == "failed"
     assert data["burn_started_mac"] == "24:a1:60:0a:1b:2c"
+
+
+def _posture(s: ChipSession) -> dict[str, object]:
+    """Every field's value and protection (the emulator's scratch registers differ
+    with the burn sequence, so the raw file is not compared)."""
+    return s.efuses.read_state().to_json()
+
+
+_CLEAN: dict[tuple[str, str], dict[str, object]] = {}
+
+
+def _clean_run_posture(tmp_path: Path, chip: str, j: FlashJob) -> dict[str, object]:
+    """The posture after an uninterrupted run (the same for every job of chip+mode)."""
+    if (chip, j.plan.mode) not in _CLEAN:
+        clean = tmp_path / "clean"
+        clean.mkdir()
+        s = session(clean, chip)
+        run(clean, j, s)
+        _CLEAN[chip, j.plan.mode] = _posture(s)
+    return _CLEAN[chip, j.plan.mode]
+
+
+@settings(
+    max_examples=4,
+    deadline=None,
+    phases=[Phase.explicit, Phase.generate],
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@example(chip="esp32s3", mode="release", cut=2, images_done=0)
+@example(chip="esp32", mode="release", cut=7, images_done=2)
+@given(
+    chip=st.sampled_from(["esp32", "esp32s3", "esp32c3"]),
+    mode=st.sampled_from(["release", "development"]),
+    cut=st.integers(min_value=0, max_value=20),
+    images_done=st.integers(min_value=0, max_value=3),
+)
+def test_any_interrupted_prefix_resumes_to_the_clean_posture(
+    tmp_path_factory: pytest.TempPathFactory, chip: str, mode: str, cut: int, images_done: int
+) -> None:
+    """A run cut after any number of eFuse steps (and images) resumes, with the journal,
+    to exactly the eFuse file of an uninterrupted run, and never asks for the key once
+    the key is burned."""
+    base = tmp_path_factory.mktemp("prefix")
+    j = job(chip, mode)
+    expected = _clean_run_posture(base, chip, j)
+
+    work = base / "work"
+    work.mkdir()
+    flash = MemoryFlash(0x400000)
+    s = session(work, chip, flash=flash)
+    burned = j.plan.steps[: min(cut, len(j.plan.steps))]
+    journal(work, j).mark_burn_started("24:a1:60:0a:1b:2c")
+    s.efuses.burn(burned, {"flash_encryption_key": FE_KEY, "secure_boot_digest": DIGEST})
+    if len(burned) >= len(j.plan.pre_flash()):
+        for image in j.images[:images_done]:
+            flash.write(image.offset, image.data)
+
+    key_burned = any(step.source == "flash_encryption_key" for step in burned)
+    provider = (lambda: pytest.fail("key asked again")) if key_burned else key
+    inspection = inspect_chip(j, s, journal(work, j))
+    assert inspection.resuming
+    assert [c.done for c in inspection.efuse][: len(burned)] == [True] * len(burned)
+    execute(inspection, s, journal(work, j), key_provider=provider)
+    assert _posture(s) == expected

@@ -48,8 +48,9 @@ class _Keys:
 @click.command(name="flash")
 @click.argument("device_id")
 @click.option(
-    "--port", "-p", required=True, metavar="PORT",
-    help="Where the chip answers: /dev/ttyUSB0, COM3, rfc2217://host:port, socket://host:port.",
+    "--port", "-p", required=True, metavar="PORT", envvar="ESPTOOL_PORT",
+    help="Where the chip answers: /dev/ttyUSB0, COM3, rfc2217://host:port, socket://host:port "
+    "(default: $ESPTOOL_PORT).",
 )
 @click.option("--dry-run", is_flag=True, help="Check the chip and show the plan; change nothing.")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask before the irreversible steps.")

@@ -10,6 +10,13 @@ the host, so esptool's ``encrypt`` option is never used.
 
 :class:`MemoryFlash` is the in-memory flash for tests that run the eFuse part on an
 ``espefuse --virt`` file.
+
+Why in-process rather than ``python -m esptool``/``espefuse`` subprocesses: one
+connection serves the whole run (identity, eFuse reads and burns, flash writes,
+MD5 read-back), so the chip is never reset between the phases. That matters: the
+download-mode locks take effect at the next reset, and on ``socket://`` every new
+connection is a reset. It also saves a connect + sync per step, and esptool's errors
+arrive as exceptions to wrap, not as text to parse.
 """
 
 from __future__ import annotations

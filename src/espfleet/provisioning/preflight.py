@@ -161,8 +161,9 @@ def _assess_key(step: EfuseStep, state: EfuseState, *, digest: bytes, resuming: 
         what = f" (purpose {purpose})" if purpose_used else ""
         raise FlashError(
             f"key block {step.target} is already used{what}: {step.describe()} needs a blank "
-            "block. This chip holds a key espfleet did not burn; use a fresh chip. Nothing "
-            "was changed"
+            "block. This chip holds a key espfleet did not burn; use a fresh chip (if an "
+            "interrupted `espfleet flash` of this device ran on another host, copy its "
+            "bundles/<device-id>/flash-journal.json here and re-run). Nothing was changed"
         )
     if not block.writeable:
         raise FlashError(
