@@ -1,13 +1,311 @@
-"""`espfleet inspect` (placeholder until its issue lands: it says so and fails)."""
+"""`espfleet inspect FILE --as KIND`: decode an on-flash artifact, for people or for JSON.
+
+Like ``esptool image-info``, for every format espfleet writes: app and bootloader
+images, partition tables, otadata, NVS (encrypted too, with ``--nvs-keys``), nvs_keys
+and eFuse images as ``espefuse --virt`` stores them. A file that does not decode exits
+with 2 and one ``error:`` line naming the offset.
+"""
 
 from __future__ import annotations
 
-import click
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
-from espfleet.errors import EspfleetError
+import click
+from rich.table import Table
+
+from espfleet.chips import CHIPS, chip_names
+from espfleet.cli._output import console, echo_json
+from espfleet.errors import EspfleetError, InputError
+
+KINDS = ("image", "partitions", "otadata", "nvs", "nvs-keys", "efuse")
+
+
+@dataclass(frozen=True)
+class _Options:
+    chip: str | None
+    nvs_keys: Path | None
+    ota_slots: int
+
+
+@dataclass(frozen=True)
+class Report:
+    """What inspect shows: a JSON document, and the same as rich tables."""
+
+    document: dict[str, Any]
+    title: str
+    tables: tuple[Table, ...]
+
+
+def _read(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        raise InputError(f"cannot read {what} {path}: {error.strerror}") from None
+
+
+def _table(title: str, *columns: str) -> Table:
+    table = Table(title=title, title_justify="left")
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    return table
+
+
+def _hex(value: int) -> str:
+    return f"{value:#x}"
+
+
+def _partitions(data: bytes, _: _Options) -> Report:
+    from espfleet.formats import partition_table
+
+    table = partition_table.decode(data)
+    rows = [
+        {
+            "name": p.name,
+            "type": p.type_name,
+            "subtype": p.subtype_name,
+            "type_id": p.type,
+            "subtype_id": p.subtype,
+            "offset": p.offset,
+            "size": p.size,
+            "encrypted": p.encrypted,
+            "readonly": p.readonly,
+        }
+        for p in table.entries
+    ]
+    out = _table("", "name", "type", "subtype", "offset", "size", "flags")
+    for p in table.entries:
+        flags = ", ".join(
+            f for f, on in (("encrypted", p.encrypted), ("readonly", p.readonly)) if on
+        )
+        out.add_row(p.name, p.type_name, p.subtype_name, _hex(p.offset), _hex(p.size), flags)
+    title = f"Partition table: {len(rows)} entries, ends at {_hex(table.flash_end())}"
+    return Report({"partitions": rows}, title, (out,))
+
+
+def _otadata(data: bytes, options: _Options) -> Report:
+    from espfleet.formats import otadata
+
+    ota = otadata.decode(data)
+    entries: list[dict[str, Any] | None] = []
+    out = _table("", "sector", "ota_seq", "state", "slot", "label")
+    for sector, entry in enumerate(ota.entries):
+        if entry is None:
+            entries.append(None)
+            out.add_row(str(sector), "-", "erased or bad CRC", "-", "")
+            continue
+        slot = entry.slot(options.ota_slots)
+        entries.append(
+            {"seq": entry.seq, "state": entry.state.name, "slot": slot, "label": entry.label.hex()}
+        )
+        out.add_row(str(sector), str(entry.seq), entry.state.name, f"ota_{slot}", entry.label.hex())
+    boot = otadata.boot_slot(ota, options.ota_slots)
+    document = {"entries": entries, "active_sector": ota.active_index(), "boot_slot": boot}
+    target = f"ota_{boot}" if boot is not None else "factory (or ota_0 without one)"
+    title = f"otadata: the bootloader boots {target} (with {options.ota_slots} OTA slots)"
+    return Report(document, title, (out,))
+
+
+def _keys_from(options: _Options) -> Any:
+    from espfleet.formats import nvs_keys
+
+    if options.nvs_keys is None:
+        return None
+    return nvs_keys.decode(_read(options.nvs_keys, "nvs_keys file"))
+
+
+def _nvs(data: bytes, options: _Options) -> Report:
+    from espfleet.formats import nvs
+
+    keys = _keys_from(options)
+    namespaces = nvs.read(data, keys)
+    out = _table("", "namespace", "key", "type", "value")
+    for ns, entries in namespaces.items():
+        for key, value in entries.items():
+            raw = value.value
+            if isinstance(raw, bytes):
+                more = "…" if len(raw) > 32 else ""
+                shown = f"{raw[:32].hex()}{more} ({len(raw)} bytes)"
+            else:
+                shown = str(raw)
+            out.add_row(ns, key, value.type, shown)
+    count = sum(len(entries) for entries in namespaces.values())
+    how = "encrypted, decrypted with the given nvs_keys" if keys is not None else "plaintext"
+    title = f"NVS ({how}): {len(namespaces)} namespaces, {count} keys"
+    return Report(nvs.to_json(namespaces), title, (out,))
+
+
+def _nvs_keys(data: bytes, _: _Options) -> Report:
+    from espfleet.formats import nvs_keys
+
+    keys = nvs_keys.decode(data)
+    document = {"fingerprint": keys.fingerprint(), "crc_ok": True}
+    title = f"nvs_keys: valid (CRC32 ok), fingerprint {keys.fingerprint()}; key bytes not shown"
+    return Report(document, title, ())
+
+
+def _image(data: bytes, options: _Options) -> Report:
+    from espfleet.formats import app_image
+
+    image = app_image.parse(data)
+    if options.chip is not None and image.chip != options.chip:
+        raise InputError(
+            f"the image is for chip id {image.chip_id} ({image.chip or 'unsupported'}), "
+            f"not {options.chip}: use the image built for {options.chip}"
+        )
+    document: dict[str, Any] = {
+        "chip": image.chip,
+        "chip_id": image.chip_id,
+        "kind": "bootloader" if image.is_bootloader else "app",
+        "min_rev_full": image.min_rev_full,
+        "max_rev_full": image.max_rev_full,
+        "entry": image.entry,
+        "segments": [
+            {"load_address": s.load_address, "length": s.length, "offset": s.data_offset}
+            for s in image.segments
+        ],
+        "checksum_ok": image.checksum_ok,
+        "hash_appended": image.hash_appended,
+        "sha256_ok": image.sha256_ok,
+        "image_length": image.image_length,
+        "sha256": hashlib.sha256(data[: image.image_length]).hexdigest(),
+        "app_desc": None,
+        "signatures": _signatures(data),
+    }
+    summary = _table("", "field", "value")
+    for name in ("chip", "kind", "min_rev_full", "max_rev_full", "checksum_ok", "sha256_ok"):
+        summary.add_row(name, str(document[name]))
+    summary.add_row("entry", _hex(image.entry))
+    summary.add_row("sha256", document["sha256"])
+    if image.app_desc is not None:
+        desc = image.app_desc
+        document["app_desc"] = {
+            "project_name": desc.project_name,
+            "version": desc.version,
+            "secure_version": desc.secure_version,
+            "idf_ver": desc.idf_ver,
+            "date": desc.date,
+            "time": desc.time,
+            "app_elf_sha256": desc.app_elf_sha256.hex(),
+        }
+        for name, value in document["app_desc"].items():
+            summary.add_row(name, str(value))
+    segments = _table("Segments", "#", "load address", "length", "file offset")
+    for n, s in enumerate(image.segments):
+        segments.add_row(str(n), _hex(s.load_address), _hex(s.length), _hex(s.data_offset))
+    signed = len(document["signatures"])
+    title = f"{document['kind'].capitalize()} image for {image.chip or image.chip_id}" + (
+        f", {signed} Secure Boot V2 signature(s)" if signed else ", no Secure Boot V2 signature"
+    )
+    return Report(document, title, (summary, segments))
+
+
+def _signatures(data: bytes) -> list[dict[str, Any]]:
+    from espfleet.formats import secure_boot
+
+    try:
+        blocks = secure_boot.signature_blocks(data)
+        content = data[: secure_boot.signed_length(data)]
+    except EspfleetError:
+        return []
+    return [
+        {
+            "index": b.index,
+            "scheme": b.scheme,
+            "key_digest": b.key_digest.hex(),
+            "crc_ok": b.crc_ok,
+            "verifies": b.verifies(content),
+        }
+        for b in blocks
+    ]
+
+
+def _efuse_chip(data: bytes, chip: str | None) -> str:
+    if chip is not None:
+        return chip
+    matches = [name for name, facts in CHIPS.items() if facts.efuse_file_size == len(data)]
+    if len(matches) == 1:
+        return matches[0]
+    raise InputError(
+        f"--chip is needed for an eFuse image of {len(data)} bytes"
+        + (f" (it could be {' or '.join(matches)})" if matches else "")
+    )
+
+
+def _efuse(data: bytes, options: _Options) -> Report:
+    from espfleet.formats.efuse import EfuseImage
+
+    image = EfuseImage.decode(_efuse_chip(data, options.chip), data)
+    fields = {
+        name: value.hex() if isinstance(value, bytes) else value
+        for name, value in image.fields().items()
+    }
+    digests = [
+        {"slot": d.slot, "block": d.block, "digest": d.digest.hex(), "revoked": d.revoked}
+        for d in image.secure_boot_digests()
+    ]
+    document = {
+        "chip": image.chip,
+        "chip_revision": image.chip_revision,
+        "flash_encryption": image.crypt_cnt_enabled,
+        "secure_boot": image.secure_boot_enabled,
+        "secure_boot_digests": digests,
+        "fields": fields,
+    }
+    out = _table("", "field", "value")
+    for name, value in fields.items():
+        out.add_row(name, str(value))
+    title = (
+        f"eFuse ({image.chip} v{image.chip_revision // 100}.{image.chip_revision % 100}): "
+        f"flash encryption {'on' if image.crypt_cnt_enabled else 'off'}, secure boot "
+        f"{'on' if image.secure_boot_enabled else 'off'}, {len(digests)} key digest(s)"
+    )
+    return Report(document, title, (out,))
+
+
+DECODERS: dict[str, Callable[[bytes, _Options], Report]] = {
+    "image": _image,
+    "partitions": _partitions,
+    "otadata": _otadata,
+    "nvs": _nvs,
+    "nvs-keys": _nvs_keys,
+    "efuse": _efuse,
+}
 
 
 @click.command(name="inspect")
-def inspect() -> None:
-    """Not built yet."""
-    raise EspfleetError("'espfleet inspect' is not built yet in this version of espfleet")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--as", "kind", type=click.Choice(KINDS), required=True, help="What FILE holds.")
+@click.option("--chip", type=click.Choice(chip_names()), help="Chip (eFuse images; checks images).")
+@click.option(
+    "--nvs-keys",
+    "nvs_keys_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Decrypted nvs_keys partition, to read an encrypted NVS.",
+)
+@click.option(
+    "--ota-slots", type=click.IntRange(1, 16), default=2, show_default=True,
+    help="OTA app slots in the partition table (otadata).",
+)  # fmt: skip
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
+def inspect(
+    file: Path,
+    kind: str,
+    chip: str | None,
+    nvs_keys_path: Path | None,
+    ota_slots: int,
+    as_json: bool,
+) -> None:
+    """Decode FILE as an image, partition table, otadata, NVS, nvs_keys or eFuse image."""
+    if nvs_keys_path is not None and kind != "nvs":
+        raise InputError("--nvs-keys only applies to --as nvs")
+    report = DECODERS[kind](_read(file, "file"), _Options(chip, nvs_keys_path, ota_slots))
+    if as_json:
+        echo_json(report.document)
+        return
+    console.print(report.title)
+    for table in report.tables:
+        console.print(table)
