@@ -145,6 +145,16 @@ def test_plaintext_boot_chain_means_flash_encryption_off(kit: Any, vectors: Any)
     assert "hello-world" in app.message
 
 
+def test_plaintext_image_of_any_esp_chip_is_found(kit: Any, vectors: Any) -> None:
+    """esptool's chip table, not only espfleet's: an ESP32-S2 app is an app too."""
+    dump = kit.clean_dump()
+    kit.plant(dump, 0x30000, (vectors / "esp_idf_blink_esp32s2.bin").read_bytes())
+    kit.plant(dump, 0x0, (vectors / "bootloader_esp32c3.bin").read_bytes())
+    report = scan_flash(bytes(dump))
+    found = {(f.kind, f.offset) for f in report.findings}
+    assert {("plaintext-app", 0x30000), ("plaintext-bootloader", 0x0)} <= found
+
+
 def test_encrypted_boot_chain_is_not_flagged(kit: Any, vectors: Any) -> None:
     dump = kit.clean_dump()
     kit.plant(dump, 0x1000, (vectors / "bootloader-encrypted.bin").read_bytes())

@@ -38,7 +38,17 @@ _PT_MD5_ROW = b"\xeb\xeb"
 _IMAGE_MAGIC = 0xE9
 _APP_DESC_MAGIC = 0xABCD5432
 _APP_ALIGN = 0x10000
-_KNOWN_CHIP_IDS = {facts.image_chip_id for facts in CHIPS.values()}
+
+def _image_chip_ids() -> frozenset[int]:
+    """Every chip id esptool knows: a plaintext image of any ESP chip is a finding."""
+    import esptool.targets
+
+    ids = {getattr(c, "IMAGE_CHIP_ID", None) for c in esptool.targets.CHIP_DEFS.values()}
+    return frozenset({i for i in ids if isinstance(i, int)} | {
+        facts.image_chip_id for facts in CHIPS.values()})
+
+
+_KNOWN_CHIP_IDS = _image_chip_ids()
 
 _NVS_ACTIVE_STATES = {0xFFFFFFFE, 0xFFFFFFFC, 0xFFFFFFF8}
 _NVS_ENTRIES = 126
