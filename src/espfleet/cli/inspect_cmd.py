@@ -94,8 +94,11 @@ def _otadata(data: bytes, options: _Options) -> Report:
     out = _table("", "sector", "ota_seq", "state", "slot", "label")
     for sector, entry in enumerate(ota.entries):
         if entry is None:
+            raw = data[sector * otadata.SECTOR_SIZE :][:32]
+            erased = raw == b"\xff" * 32
             entries.append(None)
-            out.add_row(str(sector), "-", "erased or bad CRC", "-", "")
+            state = "erased" if erased else "bad CRC: ignored by the bootloader"
+            out.add_row(str(sector), "-", state, "-", "")
             continue
         slot = entry.slot(options.ota_slots)
         entries.append(
