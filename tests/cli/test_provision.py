@@ -243,6 +243,20 @@ def test_wrong_signing_key_passphrase_is_refused_and_writes_nothing(
     assert snapshot(fleet_workspace) == before
 
 
+def test_revoked_device_is_never_provisioned_again(
+    fleet_workspace: Path, fw: dict[str, Path], snapshot: Snapshot
+) -> None:
+    args = ["--device-id", "esp32-24a1600a1b2c", *_firmware_args(fw)]
+    assert _provision(*args).exit_code == 0
+    with _registry(fleet_workspace) as registry:
+        registry.update_device("esp32-24a1600a1b2c", status="revoked")
+    before = snapshot(fleet_workspace)
+    result = _provision(*args)
+    assert result.exit_code == 2, result.output
+    assert "is revoked in the registry" in result.output
+    assert snapshot(fleet_workspace) == before
+
+
 # --- crash safety -------------------------------------------------------------------
 
 
@@ -300,6 +314,7 @@ def test_crash_after_rename_before_registry_rebuilds_the_orphan_bundle(
         assert registry.get_device("esp32-24a1600a1b2c").status == "provisioned"
 
 
+@pytest.mark.slow
 def test_kill_9_mid_run_then_rerun_completes_consistently(
     fleet_workspace: Path, fw: dict[str, Path]
 ) -> None:

@@ -39,7 +39,14 @@ from espfleet.provisioning.identity import hash_recovery_secret, new_recovery_se
 from espfleet.provisioning.plan import DeviceKeys, DeviceRequest, FleetPolicy, plan_device
 from espfleet.provisioning.vault import Vault
 
-__all__ = ["BatchReport", "DeviceResult", "done_devices", "run_batch"]
+__all__ = [
+    "BatchReport",
+    "DeviceResult",
+    "bundle_sha256",
+    "clean_leftovers",
+    "done_devices",
+    "run_batch",
+]
 
 #: Registry statuses of a device whose bundle was built (or that went further).
 DONE_STATUSES = ("provisioned", "flashed", "active")

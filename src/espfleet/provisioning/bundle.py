@@ -37,12 +37,14 @@ from espfleet.provisioning.efuse_plan import EfusePlan, Mode
 
 __all__ = [
     "MANIFEST_NAME",
+    "MERGED_NAME",
     "SEALED_SECRETS",
     "Artifact",
     "Bundle",
     "CertificateInfo",
     "FirmwareInfo",
     "KeyFingerprints",
+    "KeyPolicy",
     "Manifest",
     "load_bundle",
     "merge_images",

@@ -45,6 +45,8 @@ from espfleet.chips import ChipFacts, chip_facts
 from espfleet.errors import InputError, ProvisioningError
 
 __all__ = [
+    "SOURCE_FLASH_ENCRYPTION_KEY",
+    "SOURCE_SECURE_BOOT_DIGEST",
     "Action",
     "EfusePlan",
     "EfuseStep",

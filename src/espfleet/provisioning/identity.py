@@ -37,6 +37,7 @@ from espfleet.errors import InputError
 
 __all__ = [
     "NVS_NAMESPACE",
+    "REQUIRED_KEYS",
     "DeviceIdentity",
     "NvsKey",
     "hash_recovery_secret",

@@ -26,7 +26,11 @@ from espfleet.provisioning.inputs import FirmwareSource, check_firmware
 from espfleet.provisioning.macs import MacEntry, allocate_macs
 from espfleet.provisioning.plan import DeviceRequest, FleetPolicy
 
+#: Registry statuses of identities that must never come back.
+RETIRED_STATUSES = ("revoked", "decommissioned")
+
 __all__ = [
+    "RETIRED_STATUSES",
     "Allocation",
     "build_policy",
     "is_signed",
@@ -189,8 +193,15 @@ def requests_for(
 
 
 def _refuse_mac_conflicts(registry: Any, requests: Sequence[DeviceRequest]) -> None:
-    by_mac = {r.mac: r.device_id for r in registry.list_devices() if r.mac}
+    records = registry.list_devices()
+    by_mac = {r.mac: r.device_id for r in records if r.mac}
+    retired = {r.device_id: r.status for r in records if r.status in RETIRED_STATUSES}
     for request in requests:
+        if request.device_id in retired:
+            raise InputError(
+                f"device {request.device_id} is {retired[request.device_id]} in the registry: "
+                "a retired identity is never provisioned again; give the board a new MAC"
+            )
         owner = by_mac.get(request.mac.hex())
         if owner is not None and owner != request.device_id:
             raise InputError(
