@@ -95,14 +95,20 @@ _IMC: Final = _rotations(
 )
 _S: Final = _shifted(_SBOX)
 _SI: Final = _shifted(_INV_SBOX)
-#: InvMixColumns(SubWord(...)) for the mixed key schedule.
-_IMC_S: Final[_Tables] = (
-    np.take(_IMC[0], _SBOX),
-    np.take(_IMC[1], _SBOX),
-    np.take(_IMC[2], _SBOX),
-    np.take(_IMC[3], _SBOX),
+#: SubWord in the low half, InvMixColumns(SubWord) in the high half (decryption keys).
+_S_AND_IMC_S: Final[_Tables] = (
+    _S[0] | (np.take(_IMC[0], _SBOX) << 32),
+    _S[1] | (np.take(_IMC[1], _SBOX) << 32),
+    _S[2] | (np.take(_IMC[2], _SBOX) << 32),
+    _S[3] | (np.take(_IMC[3], _SBOX) << 32),
 )
+_LOW_WORD: Final = 0xFFFFFFFF
 _RCON: Final = (0x01, 0x02, 0x04, 0x08, 0x10, 0x20, 0x40)
+#: Rcon and InvMixColumns(Rcon) packed like the decryption key words, as signed int64.
+_RCON_PACKED: Final = {
+    r: ((r << 24) | (int(_IMC[0][r]) << 32)) - ((1 << 64) if int(_IMC[0][r]) >> 31 else 0)
+    for r in _RCON
+}
 _BYTE: Final = 0xFF
 #: Keys per pass: small enough that the working set stays in the CPU caches, large
 #: enough that numpy's per-call cost vanishes.
@@ -137,7 +143,7 @@ class _Work:
         self.bytes = [np.empty(shape, dtype=np.int64) for _ in range(4)]
         self.tmp = np.empty(shape, dtype=np.int64)
         self.round_keys = np.empty((_ROUNDS + 1, 4, keys), dtype=np.int64)
-        self.mixed = np.empty((_ROUNDS + 1, 4, keys), dtype=np.int64)
+        self.packed = np.empty((4 * (_ROUNDS + 1), keys), dtype=np.int64)
 
     def lookup(self, tables: _Tables, shift: tuple[int, int, int, int]) -> None:
         """One table round in place: state[c] = XOR over rows r of
@@ -156,35 +162,57 @@ class _Work:
             s[: 4 - k] ^= tmp[k:]
             s[4 - k :] ^= tmp[:k]
 
-    def expand_keys(self, key_words: Words, mixed: bool) -> None:
-        """FIPS-197 key expansion for AES-256 of every key of the chunk.
-
-        ``key_words`` is (8, N). Fills ``round_keys`` and, if ``mixed``, ``mixed``
-        with the same words through InvMixColumns (for the equivalent inverse
-        cipher). InvMixColumns is linear, so the mixed schedule follows the same
-        recurrence with InvMixColumns-of-S-box tables: no second pass over the keys.
-        """
+    def expand_keys(self, key_words: Words) -> None:
+        """FIPS-197 key expansion for AES-256 of every key of the chunk into
+        ``round_keys``; ``key_words`` is (8, N)."""
         w = self.round_keys.reshape(4 * (_ROUNDS + 1), -1)
-        m = self.mixed.reshape(4 * (_ROUNDS + 1), -1)
         w[:_KEY_WORDS] = key_words
-        if mixed:
-            m[:_KEY_WORDS] = _lookup(_IMC, _bytes_of(key_words))
         for i in range(_KEY_WORDS, 4 * (_ROUNDS + 1)):
             if i % 4:
                 np.bitwise_xor(w[i - _KEY_WORDS], w[i - 1], out=w[i])
-                if mixed:
-                    np.bitwise_xor(m[i - _KEY_WORDS], m[i - 1], out=m[i])
                 continue
-            b0, b1, b2, b3 = _bytes_of(w[i - 1])
-            # Every 8th word: RotWord (byte 1 to the top, byte 0 to the bottom) and Rcon.
-            rotate = i % _KEY_WORDS == 0
-            order = (b1, b2, b3, b0) if rotate else (b0, b1, b2, b3)
-            rcon = _RCON[i // _KEY_WORDS - 1] if rotate else 0
-            np.bitwise_xor(w[i - _KEY_WORDS], _lookup(_S, order), out=w[i])
-            w[i] ^= rcon << 24
-            if mixed:
-                np.bitwise_xor(m[i - _KEY_WORDS], _lookup(_IMC_S, order), out=m[i])
-                m[i] ^= int(_IMC[0][rcon])
+            b = _bytes_of(w[i - 1])
+            np.bitwise_xor(w[i - _KEY_WORDS], _lookup(_S, _sub_word_order(i, b)), out=w[i])
+            if _rcon(i):
+                w[i] ^= _rcon(i) << 24
+
+    def expand_decryption_keys(self, key_words: Words) -> None:
+        """The equivalent inverse cipher's key schedule (FIPS-197 5.3.5) into
+        ``round_keys``: round keys 1..13 through InvMixColumns, 0 and 14 as they are.
+
+        InvMixColumns is linear, so the mixed words follow the same recurrence as the
+        plain ones, with InvMixColumns-of-S-box tables. Both run at once: each int64
+        holds the plain word in its low half and the mixed word in its high half
+        (XOR keeps the halves apart), one table lookup serving both.
+        """
+        packed = self.packed
+        for i in range(_KEY_WORDS):
+            packed[i] = key_words[i] | (_lookup(_IMC, _bytes_of(key_words[i])) << 32)
+        for i in range(_KEY_WORDS, 4 * (_ROUNDS + 1)):
+            if i % 4:
+                np.bitwise_xor(packed[i - _KEY_WORDS], packed[i - 1], out=packed[i])
+                continue
+            low = packed[i - 1]
+            b = ((low >> 24) & _BYTE, (low >> 16) & _BYTE, (low >> 8) & _BYTE, low & _BYTE)
+            np.bitwise_xor(packed[i - _KEY_WORDS], _lookup(_S_AND_IMC_S, _sub_word_order(i, b)),
+                           out=packed[i])
+            rcon = _rcon(i)
+            if rcon:
+                packed[i] ^= np.int64(_RCON_PACKED[rcon])
+        mixed = self.round_keys.reshape(4 * (_ROUNDS + 1), -1)
+        np.right_shift(packed, 32, out=mixed)
+        mixed &= _LOW_WORD  # undo the sign extension of int64's arithmetic shift
+        np.bitwise_and(packed[:4], _LOW_WORD, out=mixed[:4])
+        np.bitwise_and(packed[-4:], _LOW_WORD, out=mixed[-4:])
+
+
+def _sub_word_order(i: int, b: tuple[Words, Words, Words, Words]) -> tuple[Words, ...]:
+    """Every 8th word RotWord moves byte 1 to the top and byte 0 to the bottom."""
+    return (b[1], b[2], b[3], b[0]) if i % _KEY_WORDS == 0 else b
+
+
+def _rcon(i: int) -> int:
+    return _RCON[i // _KEY_WORDS - 1] if i % _KEY_WORDS == 0 else 0
 
 
 def _key_words(keys: npt.NDArray[np.uint8]) -> Words:
@@ -193,21 +221,33 @@ def _key_words(keys: npt.NDArray[np.uint8]) -> Words:
 
 
 def _rounds(
-    work: _Work, round_keys: Words, tables: _Tables, last: _Tables, shift: tuple[int, int, int, int]
+    work: _Work,
+    round_keys: Words,
+    tables: _Tables,
+    last: _Tables,
+    shift: tuple[int, int, int, int],
+    reverse: bool,
 ) -> None:
     """AddRoundKey, 13 table rounds and the last round, in place on ``work.state``.
 
-    The state is (4, B, N) and ``round_keys`` (15, 4, N): all four columns of every
-    block go through each table in one numpy call.
+    The state is (4, B, N) and ``round_keys`` (15, 4, N), used last to first when
+    ``reverse``: all four columns of every block go through each table in one call.
     """
-    work.state ^= round_keys[0][:, None, :]
+
+    def key(r: int) -> Words:
+        return round_keys[_ROUNDS - r if reverse else r][:, None, :]
+
+    work.state ^= key(0)
     for r in range(1, _ROUNDS + 1):
         work.lookup(last if r == _ROUNDS else tables, shift)
-        work.state ^= round_keys[r][:, None, :]
+        work.state ^= key(r)
 
 
 def _run(
-    blocks: npt.NDArray[np.uint8], keys: npt.NDArray[np.uint8], decrypt: bool
+    blocks: npt.NDArray[np.uint8],
+    keys: npt.NDArray[np.uint8],
+    decrypt: bool,
+    reversed_blocks: bool,
 ) -> npt.NDArray[np.uint8]:
     if keys.ndim != 2 or keys.shape[1] != 32:
         raise ValueError(f"keys must have shape (N, 32), not {keys.shape}")
@@ -220,36 +260,48 @@ def _run(
     chunks = -(-count // _CHUNK)
     size = -(-count // chunks)
     padded = chunks * size
-    keys = np.concatenate([keys, np.zeros((padded - count, 32), np.uint8)])
-    blocks = np.concatenate([blocks, np.zeros((padded - count, per_key, 16), np.uint8)])
+    keys, blocks = np.ascontiguousarray(keys), np.ascontiguousarray(blocks)
+    if padded > count:
+        keys = np.concatenate([keys, np.zeros((padded - count, 32), np.uint8)])
+        blocks = np.concatenate([blocks, np.zeros((padded - count, per_key, 16), np.uint8)])
     out = np.empty_like(blocks)
+    # A byte-reversed block read as big-endian words is the block read as
+    # little-endian words in reverse order: no copy to reverse the bytes.
+    words_in, words_out = blocks.view(">u4"), out.view(">u4")
+    if reversed_blocks:
+        words_in, words_out = blocks.view("<u4")[:, :, ::-1], out.view("<u4")[:, :, ::-1]
     work = _Work(size, per_key)
     for start in range(0, padded, size):
         part = slice(start, start + size)
-        work.expand_keys(_key_words(keys[part]), mixed=decrypt)
-        # (N, B, 16) bytes -> (4, B, N) big-endian column words.
-        work.state[...] = blocks[part].view(">u4").transpose(2, 1, 0)
         if decrypt:
-            # Equivalent inverse cipher (FIPS-197 5.3.5): rounds in reverse order,
-            # InvMixColumns on every round key but the first and the last.
-            dk = work.mixed[::-1].copy()
-            dk[0], dk[_ROUNDS] = work.round_keys[_ROUNDS], work.round_keys[0]
-            _rounds(work, dk, _TD, _SI, _DEC_SHIFT)
+            work.expand_decryption_keys(_key_words(keys[part]))
         else:
-            _rounds(work, work.round_keys, _TE, _S, _ENC_SHIFT)
-        out[part].view(">u4")[...] = work.state.transpose(2, 1, 0)
+            work.expand_keys(_key_words(keys[part]))
+        # (N, B, 4) words -> (4, B, N): all blocks' column c in one row.
+        work.state[...] = words_in[part].transpose(2, 1, 0)
+        if decrypt:
+            # Equivalent inverse cipher (FIPS-197 5.3.5): round keys in reverse order,
+            # InvMixColumns on every one but the first and the last.
+            _rounds(work, work.round_keys, _TD, _SI, _DEC_SHIFT, reverse=True)
+        else:
+            _rounds(work, work.round_keys, _TE, _S, _ENC_SHIFT, reverse=False)
+        words_out[part] = work.state.transpose(2, 1, 0)
     return out[:count]
 
 
 def aes256_encrypt_blocks(
-    blocks: npt.NDArray[np.uint8], keys: npt.NDArray[np.uint8]
+    blocks: npt.NDArray[np.uint8], keys: npt.NDArray[np.uint8], *, reversed_blocks: bool = False
 ) -> npt.NDArray[np.uint8]:
-    """AES-256-ECB encrypt ``blocks[n, b]`` with ``keys[n]``; shapes (N, B, 16) and (N, 32)."""
-    return _run(blocks, keys, decrypt=False)
+    """AES-256-ECB encrypt ``blocks[n, b]`` with ``keys[n]``; shapes (N, B, 16) and (N, 32).
+
+    With ``reversed_blocks`` every 16-byte block is byte-reversed before and after
+    AES (ESP32 flash encryption's convention), without copying.
+    """
+    return _run(blocks, keys, decrypt=False, reversed_blocks=reversed_blocks)
 
 
 def aes256_decrypt_blocks(
-    blocks: npt.NDArray[np.uint8], keys: npt.NDArray[np.uint8]
+    blocks: npt.NDArray[np.uint8], keys: npt.NDArray[np.uint8], *, reversed_blocks: bool = False
 ) -> npt.NDArray[np.uint8]:
-    """AES-256-ECB decrypt ``blocks[n, b]`` with ``keys[n]``; shapes (N, B, 16) and (N, 32)."""
-    return _run(blocks, keys, decrypt=True)
+    """AES-256-ECB decrypt: the inverse of :func:`aes256_encrypt_blocks`."""
+    return _run(blocks, keys, decrypt=True, reversed_blocks=reversed_blocks)

@@ -147,14 +147,18 @@ def _esp32_key(key: bytes) -> bytes:
     return key + key[8:16] if len(key) == 24 else key
 
 
-def _as_rows(values: list[int]) -> npt.NDArray[np.uint8]:
-    """256-bit integers -> (len, 32) big-endian bytes."""
+def _as_rows(values: list[int]) -> npt.NDArray[np.uint64]:
+    """256-bit integers -> (len, 4) uint64 whose bytes are the big-endian integers.
+
+    Only XOR/AND/OR touch these words, which do not care about byte order, so the
+    rows stay in the byte order the AES key needs and are reinterpreted, not converted.
+    """
     raw = b"".join((v & _U256).to_bytes(32, "big") for v in values)
-    return np.frombuffer(raw, dtype=np.uint8).reshape(len(values), 32)
+    return np.frombuffer(raw, dtype=np.uint64).reshape(len(values), 4)
 
 
 @functools.cache
-def _tweak_tables() -> tuple[npt.NDArray[np.uint8], ...]:
+def _tweak_tables() -> tuple[npt.NDArray[np.uint64], ...]:
     """Tweak parts for the low 10 and high 9 bits of a block address.
 
     Below 2**19 the two products in the tweak are sums of non-overlapping shifted
@@ -181,31 +185,35 @@ def _esp32_keys(key: bytes, first: int, count: int, conf: int) -> npt.NDArray[np
         if conf >> bit & 1:
             tweak_range |= mask
     blocks = np.arange(first, first + count, dtype=np.int64)
-    low, high = blocks & ((1 << _LOW_BITS) - 1), blocks >> _LOW_BITS
     linear = blocks < (1 << _LINEAR_ADDRESS_BITS)
-    high = np.where(linear, high, 0)
+    low = blocks & ((1 << _LOW_BITS) - 1)
+    high = np.where(linear, blocks >> _LOW_BITS, 0)
     mul1_low, mul1_high, mul2_low, mul2_high = _tweak_tables()
-    tweaks = (mul1_low[low] ^ mul1_high[high]) | (mul2_low[low] ^ mul2_high[high])
+    tweaks = np.take(mul1_low, low, axis=0)
+    tweaks ^= np.take(mul1_high, high, axis=0)
+    mul2 = np.take(mul2_low, low, axis=0)
+    mul2 ^= np.take(mul2_high, high, axis=0)
+    tweaks |= mul2
     for i in np.flatnonzero(~linear):  # beyond 16 MB: exact, one by one
         tweaks[i] = _as_rows([_tweak_exact(int(blocks[i]))])[0]
-    keys: npt.NDArray[np.uint8] = tweaks & _as_rows([tweak_range])
-    keys ^= np.frombuffer(key, dtype=np.uint8)
-    return keys
+    tweaks &= _as_rows([tweak_range])
+    tweaks ^= np.frombuffer(key, dtype=np.uint64)
+    return tweaks.view(np.uint8)
 
 
 def _esp32(data: bytes, key: bytes, address: int, conf: int, decrypting: bool) -> bytes:
     # Align to whole 32-byte key blocks: 16 bytes of filler before and/or after.
     head = address % _ESP32_KEY_BLOCK
     tail = -(head + len(data)) % _ESP32_KEY_BLOCK
-    padded = bytes(head) + data + bytes(tail)
+    padded = bytes(head) + data + bytes(tail) if head or tail else data
     count = len(padded) // _ESP32_KEY_BLOCK
     keys = _esp32_keys(key, address // _ESP32_KEY_BLOCK, count, conf)
-    # Each 16-byte block is byte-reversed before and after AES.
-    blocks = np.frombuffer(padded, dtype=np.uint8).reshape(count, 2, _BLOCK)[:, :, ::-1]
-    # The hardware runs AES inverted: encrypting flash is AES decryption.
+    blocks = np.frombuffer(padded, dtype=np.uint8).reshape(count, 2, _BLOCK)
+    # The hardware runs AES inverted (encrypting flash is AES decryption), on
+    # byte-reversed 16-byte blocks.
     aes = aes256_encrypt_blocks if decrypting else aes256_decrypt_blocks
-    out = aes(np.ascontiguousarray(blocks), keys)[:, :, ::-1]
-    return out.tobytes()[head : head + len(data)]
+    out = aes(blocks, keys, reversed_blocks=True).reshape(-1)
+    return out[head : head + len(data)].tobytes()
 
 
 # --- ESP32-S3/C3: XTS-AES with 128-byte data units ----------------------------------
