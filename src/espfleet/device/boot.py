@@ -19,14 +19,24 @@ Every decision is a line on the chip's console in ESP-IDF's log style, also retu
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Protocol
 
-from espfleet.chips import ChipFacts
 from espfleet.device.console import ROM_TEXT, BootConsole
-from espfleet.errors import DeviceError, EspfleetError, FormatError, SigningError
-from espfleet.formats import app_image, otadata, partition_table, secure_boot
+from espfleet.device.image_check import (
+    IMAGE_MAGIC,
+    BootRefused,
+    SecurityState,
+    read_image,
+    rev_text,
+    security_state,
+    update_anti_rollback,
+    verify_app_image,
+    verify_signature,
+)
+from espfleet.device.partition_io import otadata_partition, read_partition, write_otadata
+from espfleet.errors import EspfleetError, FormatError
+from espfleet.formats import app_image, otadata, partition_table
 from espfleet.formats.app_image import AppDescriptor, AppImage
 from espfleet.formats.partition_table import Partition, PartitionTable
 
@@ -34,64 +44,15 @@ if TYPE_CHECKING:
     from espfleet.device.chip import VirtualChip
     from espfleet.device.firmware import AppReport
 
-__all__ = [
-    "Application",
-    "BootRefused",
-    "BootResult",
-    "HandOff",
-    "SecurityState",
-    "boot",
-    "erase_and_write",
-    "otadata_partition",
-    "partition_is_encrypted",
-    "read_partition",
-    "security_state",
-    "update_anti_rollback",
-    "verify_app_image",
-    "write_otadata",
-]
+__all__ = ["IDF_VERSION", "Application", "BootResult", "HandOff", "Stage", "boot"]
 
 Stage = Literal["rom", "bootloader", "app"]
 
 IDF_VERSION = "v5.2.2"
-SECTOR = 0x1000
 PARTITION_TABLE_SIZE = 0xC00
-_IMAGE_MAGIC = 0xE9
-_FIRST_READ = 0x10000
-#: Header values of max_rev_full meaning "no upper limit" (0: older esptool default).
-_MAX_REV_UNSET = (0, 0xFFFF)
 #: The ROM loads at most this much bootloader (its IRAM/DRAM are smaller still).
 _ROM_READ_LIMIT = 0x20000
 
-
-
-class BootRefused(DeviceError):
-    """An image or table the boot chain (or the app's OTA check) refuses."""
-
-
-@dataclass(frozen=True)
-class SecurityState:
-    """What the eFuses tell the ROM and the bootloader at reset."""
-
-    flash_encryption: bool
-    secure_boot: bool
-    #: Secure boot V2 public-key digests by slot (None: slot empty).
-    digests: tuple[bytes | None, ...]
-    #: Whether each digest slot is revoked.
-    revoked: tuple[bool, ...]
-    #: Signature blocks the ROM reads (ESP32 has one digest slot and reads one block).
-    max_signature_blocks: int
-    #: Signature schemes the chip's ROM verifies (chips.ChipFacts.secure_boot_schemes).
-    schemes: tuple[str, ...]
-    #: The anti-rollback counter: the number of bits set in ``SECURE_VERSION``.
-    secure_version: int
-
-    @property
-    def trusted_digests(self) -> tuple[bytes, ...]:
-        return tuple(
-            d for i, d in enumerate(self.digests)
-            if d is not None and not (i < len(self.revoked) and self.revoked[i])
-        )
 
 
 @dataclass(frozen=True)
@@ -130,88 +91,6 @@ class _Stop(Exception):
         super().__init__(reason)
         self.stage = stage
         self.reason = reason
-
-
-def security_state(chip: VirtualChip) -> SecurityState:
-    """Read the security eFuses the way the ROM does at reset."""
-    facts = chip.facts
-    efuses = chip.efuses()
-    slots = len(facts.sb_digest_purposes or facts.sb_digest_blocks)
-    digests: list[bytes | None] = [None] * slots
-    revoked = [False] * slots
-    for found in efuses.secure_boot_digests():
-        digests[found.slot] = found.digest
-        revoked[found.slot] = found.revoked
-    for slot, name in enumerate(facts.sb_revoke_fields):
-        revoked[slot] = revoked[slot] or bool(efuses.get_int(name))
-    return SecurityState(
-        flash_encryption=chip.flash_encryption_enabled(),
-        secure_boot=bool(efuses.get_int(facts.sb_enable_field)),
-        digests=tuple(digests),
-        revoked=tuple(revoked),
-        max_signature_blocks=slots,
-        schemes=tuple(facts.secure_boot_schemes),
-        secure_version=efuses.get_int(facts.secure_version_field).bit_count(),
-    )
-
-
-def partition_is_encrypted(part: Partition, security: SecurityState) -> bool:
-    """ESP-IDF treats app, otadata and nvs_keys partitions as encrypted whenever flash
-    encryption is on, whatever their flag says; others follow their flag."""
-    if not security.flash_encryption:
-        return False
-    always = part.type == partition_table.APP or part.is_("data", "ota") or part.is_(
-        "data", "nvs_keys"
-    )
-    return always or part.encrypted
-
-
-def read_partition(
-    chip: VirtualChip, part: Partition, security: SecurityState, length: int | None = None
-) -> bytes:
-    """Read a partition as software on the chip would (through the engine if encrypted)."""
-    size = part.size if length is None else min(length, part.size)
-    if partition_is_encrypted(part, security):
-        return chip.read_decrypted(part.offset, size)
-    return chip.flash.read(part.offset, size)
-
-
-def verify_app_image(
-    data: bytes, facts: ChipFacts, revision: int, security: SecurityState
-) -> tuple[AppImage, AppDescriptor]:
-    """The bootloader's checks of an app image (also what the app runs before an OTA
-    switch): header, chip id, minimum revision, checksum and SHA-256, signature,
-    anti-rollback. Raises :class:`BootRefused` saying which one failed."""
-    image = _parse(data, "app image")
-    if image.chip != facts.name:
-        raise BootRefused(
-            f"mismatch chip ID, expected {facts.image_chip_id}, found {image.chip_id}: "
-            f"the image is not built for {facts.name}"
-        )
-    if image.min_rev_full > revision:
-        raise BootRefused(
-            f"image requires chip rev >= {_rev(image.min_rev_full)}, but chip is {_rev(revision)}"
-        )
-    if image.max_rev_full not in _MAX_REV_UNSET and revision > image.max_rev_full:
-        raise BootRefused(
-            f"image requires chip rev <= {_rev(image.max_rev_full)}, but chip is {_rev(revision)}"
-        )
-    if not image.checksum_ok or image.sha256_ok is False:
-        raise BootRefused(
-            "image hash failed: the image is corrupted (or decrypted with another key)"
-        )
-    if image.app_desc is None or image.is_bootloader:
-        raise BootRefused("no app descriptor: this is not an app image")
-    if security.secure_boot:
-        _verify_signature(data, security)
-    secure_version = image.app_desc.secure_version
-    if secure_version < security.secure_version:
-        raise BootRefused(
-            f"app secure_version {secure_version} is lower than the eFuse secure version "
-            f"{security.secure_version}: anti-rollback refuses the downgrade; build the app "
-            f"with secure_version >= {security.secure_version}"
-        )
-    return image, image.app_desc
 
 
 def boot(chip: VirtualChip, application: Application | None = None) -> BootResult:
@@ -253,8 +132,8 @@ def _rom_stage(chip: VirtualChip, security: SecurityState, con: BootConsole) -> 
                            "encryption on but no flash-encryption key is burned; this chip "
                            "cannot boot (burn the key before the crypt counter)")
     read = chip.read_decrypted if security.flash_encryption else chip.flash.read
-    data = _read_image(lambda n: read(offset, n), min(_ROM_READ_LIMIT, chip.flash.size - offset))
-    if data[0] != _IMAGE_MAGIC:
+    data = read_image(lambda n: read(offset, n), min(_ROM_READ_LIMIT, chip.flash.size - offset))
+    if data[0] != IMAGE_MAGIC:
         word = int.from_bytes(data[:4], "little")
         con.rom(text.invalid_header.format(word=word))
         raise _Stop("rom", f"ROM: invalid header 0x{word:08x} at 0x{facts.bootloader_offset:x}"
@@ -272,9 +151,9 @@ def _rom_stage(chip: VirtualChip, security: SecurityState, con: BootConsole) -> 
         if chip.revision < facts.sb_v2_min_revision:
             con.rom(text.secure_boot_fail[0])
             raise _Stop("rom", f"ROM: secure boot V2 needs chip revision "
-                               f">= {_rev(facts.sb_v2_min_revision)}")
+                               f">= {rev_text(facts.sb_v2_min_revision)}")
         try:
-            slot = _verify_signature(data, security)
+            slot = verify_signature(data, security)
         except BootRefused as exc:
             for line in text.secure_boot_fail:
                 con.rom(line)
@@ -291,25 +170,6 @@ def _garbage_hint(security: SecurityState) -> str:
     return " (nothing flashed there, or flash encryption is off and the image is encrypted)"
 
 
-def _verify_signature(data: bytes, security: SecurityState) -> int:
-    try:
-        slot = secure_boot.verify_with_digests(
-            data, security.digests, security.revoked, max_blocks=security.max_signature_blocks
-        )
-        digest = security.digests[slot]
-        scheme = next(
-            b.scheme for b in secure_boot.signature_blocks(data) if b.key_digest == digest
-        )
-    except (SigningError, FormatError) as exc:
-        raise BootRefused(f"signature verification failed: {exc}") from None
-    if scheme not in security.schemes:
-        raise BootRefused(
-            f"signature verification failed: the image is signed with {scheme}, but this "
-            f"chip's secure boot V2 verifies {', '.join(security.schemes)} only"
-        )
-    return slot
-
-
 # -- second stage bootloader -------------------------------------------------------------
 
 
@@ -318,7 +178,7 @@ def _load_partition_table(
 ) -> PartitionTable:
     facts = chip.facts
     con.info("boot", f"ESP-IDF {IDF_VERSION} 2nd stage bootloader")
-    con.info("boot", f"chip revision: {_rev(chip.revision)}")
+    con.info("boot", f"chip revision: {rev_text(chip.revision)}")
     con.info(f"boot.{facts.name}", f"SPI Flash Size : {chip.flash.size // (1024 * 1024)}MB")
     offset = facts.default_partition_table_offset
     if security.flash_encryption:
@@ -342,12 +202,6 @@ def _load_partition_table(
         )
     con.info("boot", "End of partition table")
     return table
-
-
-def otadata_partition(table: PartitionTable) -> Partition | None:
-    """The table's otadata partition (data/ota), if any."""
-    found = table.by_type("data", "ota")
-    return found[0] if found else None
 
 
 def _select_and_load(
@@ -385,25 +239,6 @@ def _select_and_load(
     raise _Stop("bootloader", "no bootable app: every app slot was refused (see the log)")
 
 
-def update_anti_rollback(chip: VirtualChip, secure_version: int, con: BootConsole) -> None:
-    """Raise the eFuse anti-rollback counter to ``secure_version`` (never lowers it).
-
-    The counter is thermometer-coded: version n is n bits set. ESP-IDF's bootloader does
-    this for a VALID app (CONFIG_BOOTLOADER_APP_ANTI_ROLLBACK), and the app does it in
-    ``esp_ota_mark_app_valid_cancel_rollback``.
-    """
-    facts = chip.facts
-    current = chip.efuses().get_int(facts.secure_version_field).bit_count()
-    if secure_version <= current:
-        return
-    if secure_version > facts.secure_version_bits:
-        con.error("efuse", f"secure_version {secure_version} exceeds the "
-                           f"{facts.secure_version_bits}-bit eFuse counter")
-        return
-    chip.burn_efuse(facts.secure_version_field, (1 << secure_version) - 1)
-    con.info("efuse", f"Anti-rollback: eFuse secure version {current} -> {secure_version}")
-
-
 def _run_otadata(
     chip: VirtualChip, part: Partition, num_slots: int, security: SecurityState,
     con: BootConsole,
@@ -433,40 +268,12 @@ def _run_otadata(
     return slot, updated
 
 
-def write_otadata(
-    chip: VirtualChip, part: Partition, security: SecurityState, old: bytes, new: bytes
-) -> None:
-    """Rewrite only the otadata sectors that changed: erase, then program (through the
-    engine when encrypted), one sector at a time as ESP-IDF does, so a power cut can
-    damage at most the sector being written."""
-    for start in range(0, otadata.OTADATA_SIZE, SECTOR):
-        block = new[start:start + SECTOR]
-        if block == old[start:start + SECTOR]:
-            continue
-        erase_and_write(chip, part, security, part.offset + start, block)
-
-
-def erase_and_write(
-    chip: VirtualChip, part: Partition, security: SecurityState, addr: int, data: bytes
-) -> None:
-    """Erase the sectors under ``data`` and program it in 4 KB chunks, as software on the
-    chip writes a partition (``esp_partition_write``)."""
-    chip.flash.erase(addr, _align(len(data), SECTOR))
-    encrypted = partition_is_encrypted(part, security)
-    for pos in range(0, len(data), SECTOR):
-        chunk = data[pos:pos + SECTOR]
-        if encrypted:
-            chip.write_encrypted(addr + pos, chunk)
-        else:
-            chip.flash.program(addr + pos, chunk)
-
-
 def _try_load(
     chip: VirtualChip, part: Partition, security: SecurityState, con: BootConsole
 ) -> tuple[AppImage, AppDescriptor] | None:
     con.info("esp_image", f"loading {part.name} at 0x{part.offset:x}")
     data = _read_app(chip, part, security)
-    if data[0] != _IMAGE_MAGIC:
+    if data[0] != IMAGE_MAGIC:
         con.error("esp_image", f"image at 0x{part.offset:x} has invalid magic byte "
                                f"(nothing flashed here?)")
         return None
@@ -486,26 +293,7 @@ def _try_load(
 
 
 def _read_app(chip: VirtualChip, part: Partition, security: SecurityState) -> bytes:
-    return _read_image(lambda n: read_partition(chip, part, security, n), part.size)
-
-
-def _read_image(read: Callable[[int], bytes], limit: int) -> bytes:
-    """Read just enough to hold an image and its signature sector (slots are large and
-    decrypting a whole one per boot is slow): grow the read until the image parses."""
-    size = min(_FIRST_READ, limit)
-    while True:
-        data = read(size)
-        if data[0] != _IMAGE_MAGIC or size >= limit:
-            return data
-        try:
-            image = app_image.parse(data)
-        except FormatError:
-            size = min(size * 4, limit)
-            continue
-        needed = min(_align(image.image_length, SECTOR) + SECTOR, limit)
-        if needed <= size:
-            return data[:needed]  # the image, its padding, and the signature sector
-        size = needed
+    return read_image(lambda n: read_partition(chip, part, security, n), part.size)
 
 
 def _finish_bootloader(chip: VirtualChip, security: SecurityState, con: BootConsole) -> None:
@@ -521,16 +309,3 @@ def _finish_bootloader(chip: VirtualChip, security: SecurityState, con: BootCons
     con.info("boot", "Disabling RNG early entropy source...")
 
 
-def _parse(data: bytes, what: str) -> AppImage:
-    try:
-        return app_image.parse(data)
-    except FormatError as exc:
-        raise BootRefused(f"{what} does not parse: {exc}") from None
-
-
-def _align(n: int, to: int) -> int:
-    return (n + to - 1) // to * to
-
-
-def _rev(full: int) -> str:
-    return f"v{full // 100}.{full % 100}"

@@ -19,14 +19,12 @@ from typing import TYPE_CHECKING
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from espfleet.device.boot import (
-    BootRefused,
-    HandOff,
+from espfleet.device.boot import HandOff
+from espfleet.device.image_check import BootRefused, update_anti_rollback, verify_app_image
+from espfleet.device.partition_io import (
     erase_and_write,
     otadata_partition,
     read_partition,
-    update_anti_rollback,
-    verify_app_image,
     write_otadata,
 )
 from espfleet.errors import DeviceError, FormatError, InputError

@@ -12,7 +12,8 @@ import random
 import pytest
 from bootkit import Device, make_device, running_app
 
-from espfleet.device.boot import BootRefused, boot
+from espfleet.device.boot import boot
+from espfleet.device.image_check import BootRefused
 from espfleet.formats import flash_encryption, otadata
 from espfleet.formats.partition_table import Partition, PartitionTable
 from espfleet.formats.secure_boot import PrivateKey

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 from bootkit import Device, clone, make_device, running_app
 
-from espfleet.device.boot import HandOff, boot, security_state
+from espfleet.device.boot import HandOff, boot
 from espfleet.device.firmware import AppReport
+from espfleet.device.image_check import security_state
 from espfleet.errors import DeviceError
 from espfleet.formats import otadata
 from espfleet.formats.secure_boot import PrivateKey
@@ -148,7 +149,7 @@ def test_app_built_for_a_newer_revision_is_refused(device: Device) -> None:
 
 
 def test_ota_image_larger_than_the_slot_is_refused(device: Device) -> None:
-    from espfleet.device.boot import BootRefused
+    from espfleet.device.image_check import BootRefused
 
     fw = running_app(device.chip)
     before = device.chip.flash.snapshot()
