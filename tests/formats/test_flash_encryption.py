@@ -6,12 +6,15 @@ import io
 from pathlib import Path
 
 import espsecure
+import numpy as np
 import pytest
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from espfleet.errors import FormatError, InputError
 from espfleet.formats import flash_encryption as fe
+from espfleet.formats._aes_vec import aes256_decrypt_blocks, aes256_encrypt_blocks
 
 
 def _espsecure(
@@ -160,3 +163,25 @@ def test_bad_config_and_address_space_and_chip() -> None:
 def test_xts_key_with_equal_halves_is_refused() -> None:
     with pytest.raises(InputError, match="equal halves"):
         fe.encrypt(bytes(32), bytes(16) * 2, 0, "esp32c3")
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(min_value=1, max_value=9000), st.integers(min_value=1, max_value=3),
+       st.booleans(), st.integers(min_value=0, max_value=2**32))
+def test_vectorised_aes_equals_cryptography(
+    keys_count: int, per_key: int, reversed_blocks: bool, seed: int
+) -> None:
+    """The numpy AES behind the ESP32 scheme, against OpenSSL, across chunk boundaries."""
+    rng = np.random.default_rng(seed)
+    keys = rng.integers(0, 256, (keys_count, 32), dtype=np.uint8)
+    blocks = rng.integers(0, 256, (keys_count, per_key, 16), dtype=np.uint8)
+    encrypted = aes256_encrypt_blocks(blocks, keys, reversed_blocks=reversed_blocks)
+    decrypted = aes256_decrypt_blocks(blocks, keys, reversed_blocks=reversed_blocks)
+    flip = (slice(None), slice(None), slice(None, None, -1) if reversed_blocks else slice(None))
+    for n in {0, keys_count // 2, keys_count - 1}:
+        cipher = Cipher(algorithms.AES(keys[n].tobytes()), modes.ECB())
+        plain = blocks[flip][n].tobytes()
+        assert encrypted[flip][n].tobytes() == cipher.encryptor().update(plain)
+        assert decrypted[flip][n].tobytes() == cipher.decryptor().update(plain)
+    assert (aes256_decrypt_blocks(encrypted, keys, reversed_blocks=reversed_blocks)
+            == blocks).all()

@@ -206,7 +206,10 @@ class _Work:
         np.bitwise_and(packed[-4:], _LOW_WORD, out=mixed[-4:])
 
 
-def _sub_word_order(i: int, b: tuple[Words, Words, Words, Words]) -> tuple[Words, ...]:
+_Bytes = tuple[Words, Words, Words, Words]
+
+
+def _sub_word_order(i: int, b: _Bytes) -> _Bytes:
     """Every 8th word RotWord moves byte 1 to the top and byte 0 to the bottom."""
     return (b[1], b[2], b[3], b[0]) if i % _KEY_WORDS == 0 else b
 
@@ -235,7 +238,8 @@ def _rounds(
     """
 
     def key(r: int) -> Words:
-        return round_keys[_ROUNDS - r if reverse else r][:, None, :]
+        selected: Words = round_keys[_ROUNDS - r if reverse else r]
+        return selected[:, None, :]
 
     work.state ^= key(0)
     for r in range(1, _ROUNDS + 1):
