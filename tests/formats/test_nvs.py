@@ -224,6 +224,20 @@ def test_missing_blob_chunk_is_reported() -> None:
         nvs.read(bytes(image))
 
 
+def test_forged_namespace_index_clash_is_reported() -> None:
+    from esp_idf_nvs_partition_gen import nvs_partition_gen as gen
+
+    out = io.BytesIO()
+    forged = gen.nvs_open(out, 0x2000, gen.Page.VERSION2)
+    forged.write_namespace("one")
+    forged.write_entry("a", 1, "u8")
+    gen.set_namespace_idx_unsafe(forged, 0)
+    forged.cur_page.write_primitive_data("two", 1, "u8", 0, forged)  # index 1 again
+    gen.nvs_close(forged)
+    with pytest.raises(FormatError, match="namespace 'two' \\(index 1\\) clashes with"):
+        nvs.read(out.getvalue())
+
+
 def test_truncated_partition_names_offset() -> None:
     image = nvs.write(SAMPLE, 0x3000)
     with pytest.raises(FormatError, match="truncated at offset 0x1000") as info:

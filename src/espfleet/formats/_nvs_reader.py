@@ -266,9 +266,11 @@ def _define_namespace(state: _State, name: str, index: int, where: str, offset: 
     if not 1 <= index <= 254:
         raise FormatError(f"{where}: namespace {name!r} has index {index}", offset + 24)
     for other, (other_name, _) in state.namespaces.items():
-        if other_name == name and other != index:
+        if (other_name == name) != (other == index):
             raise FormatError(
-                f"{where}: namespace {name!r} defined twice (indices {other} and {index})", offset
+                f"{where}: namespace {name!r} (index {index}) clashes with namespace "
+                f"{other_name!r} (index {other})",
+                offset,
             )
     state.namespaces[index] = (name, offset)
 
