@@ -224,6 +224,39 @@ def test_missing_blob_chunk_is_reported() -> None:
         nvs.read(bytes(image))
 
 
+def _set_entry_state(image: bytearray, page: int, entry: int, state: int) -> None:
+    at = page * 4096 + 32 + entry // 4
+    shift = (entry % 4) * 2
+    image[at] = (image[at] & ~(3 << shift)) | (state << shift)
+
+
+def test_erased_entries_are_skipped_like_esp_idf() -> None:
+    image = bytearray(nvs.write(SAMPLE, 0x3000))
+    _set_entry_state(image, 0, 3, 0)  # entry 3 is "n" (after namespace, "id" + 1 data entry)
+    assert nvs.read(bytes(image)) == {"espfleet": {"id": SAMPLE["espfleet"]["id"]}}
+
+
+def test_newer_page_wins_for_a_rewritten_key() -> None:
+    old = bytearray(nvs.write({"ns": {"v": NvsValue("u32", 1)}}, 0x3000))
+    new = nvs.write({"ns": {"v": NvsValue("u32", 2)}}, 0x3000)
+    page = bytearray(new[:4096])
+    page[4:8] = (1).to_bytes(4, "little")  # sequence number 1: written after page 0
+    page[28:32] = zlib.crc32(bytes(page[4:28]), 0xFFFFFFFF).to_bytes(4, "little")
+    old[0:4] = (0xFFFFFFFC).to_bytes(4, "little")  # page 0 is FULL now
+    old[4096:8192] = page
+    assert nvs.read(bytes(old)) == {"ns": {"v": NvsValue("u32", 2)}}
+    flipped = bytearray(old)  # the same pages with the sequence numbers swapped
+    flipped[0:4096], flipped[4096:8192] = old[4096:8192], old[0:4096]
+    assert nvs.read(bytes(flipped)) == {"ns": {"v": NvsValue("u32", 2)}}
+
+
+def test_illegal_entry_state_is_reported() -> None:
+    image = bytearray(nvs.write(SAMPLE, 0x3000))
+    _set_entry_state(image, 0, 5, 1)
+    with pytest.raises(FormatError, match="entry 5 at offset 0xe0: illegal entry state"):
+        nvs.read(bytes(image))
+
+
 def test_forged_namespace_index_clash_is_reported() -> None:
     from esp_idf_nvs_partition_gen import nvs_partition_gen as gen
 
