@@ -25,6 +25,9 @@ __all__ = [
     "write_otadata",
 ]
 
+#: A multiple of every engine's block (32 bytes on ESP32, 16 with XTS).
+_ENGINE_BLOCK = 32
+
 
 def partition_is_encrypted(part: Partition, security: SecurityState) -> bool:
     """ESP-IDF treats app, otadata and nvs_keys partitions as encrypted whenever flash
@@ -73,6 +76,8 @@ def erase_and_write(
     chip writes a partition (``esp_partition_write``)."""
     chip.flash.erase(addr, _align(len(data), SECTOR))
     encrypted = partition_is_encrypted(part, security)
+    if encrypted:  # the engine encrypts whole blocks: pad the tail as esp_ota_end does
+        data = data + b"\xff" * (-len(data) % _ENGINE_BLOCK)
     for pos in range(0, len(data), SECTOR):
         chunk = data[pos:pos + SECTOR]
         if encrypted:
