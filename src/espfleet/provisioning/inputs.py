@@ -217,11 +217,14 @@ def check_firmware(
     flash_size: str | None,
     signed_app_size: int,
     bootloader_signed: bool,
+    default_flash_size: str | None = None,
 ) -> CheckedFirmware:
     """Decide whether ``source`` can make a secure ``chip`` device in ``mode``.
 
     ``signed_app_size`` is the app's size once signed; ``bootloader_signed`` whether the
-    bootloader already carries a Secure Boot V2 signature block.
+    bootloader already carries a Secure Boot V2 signature block. The flash size is
+    ``flash_size`` (``--flash-size``), else the ESP-IDF build's, else
+    ``default_flash_size`` (fleet.toml), else the app header's.
     """
     facts = chip_facts(chip)
     if source.chip is not None and source.chip != chip:
@@ -266,7 +269,7 @@ def check_firmware(
                 f"v{need // 100}.{need % 100}: set the minimum revision to "
                 f"v{need // 100}.{need % 100} in menuconfig and rebuild the bootloader"
             )
-    size_name = flash_size or source.flash_size or app.flash_size
+    size_name = flash_size or source.flash_size or default_flash_size or app.flash_size
     if size_name is None:
         raise InputError("unknown flash size: pass --flash-size (e.g. 4MB)")
     size = parse_flash_size(size_name)

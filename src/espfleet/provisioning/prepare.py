@@ -89,8 +89,9 @@ def build_policy(
     signed_app = sign_or_verify(source.app, signing_key, f"app image {source.origin}")
     bootloader_signed = source.bootloader is not None and is_signed(source.bootloader)
     checked = check_firmware(
-        source, chip=chip, mode=mode, flash_size=flash_size or config.flash_size,
+        source, chip=chip, mode=mode, flash_size=flash_size,
         signed_app_size=len(signed_app), bootloader_signed=bootloader_signed,
+        default_flash_size=config.flash_size,
     )
     signed_boot = sign_or_verify(
         checked.bootloader, signing_key, f"bootloader from {source.bootloader_origin}"
