@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from espfleet.cli import main
-from espfleet.formats import nvs, otadata
+from espfleet.formats import flash_encryption, nvs, otadata
 from espfleet.formats import partition_table as pt
 from espfleet.formats.efuse import EfuseImage
 from espfleet.formats.nvs import NvsValue
@@ -225,6 +225,27 @@ def test_nvs_keys_option_only_for_nvs(tmp_path: Path) -> None:
     path = tmp_path / "x.bin"
     path.write_bytes(b"\xff" * 0x1000)
     assert_one_line_error(run(path, "--as", "otadata", "--nvs-keys", path), "--as nvs")
+
+
+@pytest.mark.parametrize("chip", ["esp32", "esp32s3"])
+def test_flash_encrypted_nvs_keys_decrypt_with_flash_key(tmp_path: Path, chip: str) -> None:
+    keys = NvsKeys.generate()
+    flash_key = os.urandom(32)
+    sealed = flash_encryption.encrypt(keys.encode(), flash_key, 0x1C000, chip)
+    (tmp_path / "nvs_keys.bin").write_bytes(sealed)
+    (tmp_path / "fe.key").write_bytes(flash_key)
+    args = [tmp_path / "nvs_keys.bin", "--as", "nvs-keys", "--chip", chip]
+    assert_one_line_error(run(*args), "still flash-encrypted")
+    document = run_json(*args, "--flash-key", tmp_path / "fe.key", "--address", "0x1c000")
+    assert document["fingerprint"] == keys.fingerprint()
+    wrong_address = run(*args, "--flash-key", tmp_path / "fe.key", "--address", "0x1d000")
+    assert_one_line_error(wrong_address, "CRC32")
+
+
+def test_flash_key_needs_address_and_chip(tmp_path: Path) -> None:
+    (tmp_path / "k").write_bytes(os.urandom(32))
+    result = run(tmp_path / "k", "--as", "nvs-keys", "--flash-key", tmp_path / "k")
+    assert_one_line_error(result, "give all three")
 
 
 def test_missing_file_exits_2(tmp_path: Path) -> None:

@@ -269,6 +269,18 @@ def _efuse(data: bytes, options: _Options) -> Report:
     return Report(document, title, (out,))
 
 
+def _decrypt(data: bytes, key_path: Path | None, address: str | None, chip: str | None) -> bytes:
+    from espfleet.formats import flash_encryption
+
+    if key_path is None or address is None or chip is None:
+        raise InputError("--flash-key, --address and --chip go together: give all three")
+    try:
+        offset = int(address, 0)
+    except ValueError:
+        raise InputError(f"--address {address!r} is not a number (e.g. 0x1c000)") from None
+    return flash_encryption.decrypt(data, _read(key_path, "flash-encryption key"), offset, chip)
+
+
 DECODERS: dict[str, Callable[[bytes, _Options], Report]] = {
     "image": _image,
     "partitions": _partitions,
@@ -293,6 +305,14 @@ DECODERS: dict[str, Callable[[bytes, _Options], Report]] = {
     "--ota-slots", type=click.IntRange(1, 16), default=2, show_default=True,
     help="OTA app slots in the partition table (otadata).",
 )  # fmt: skip
+@click.option(
+    "--flash-key",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Flash-encryption key: FILE is flash-encrypted (needs --chip and --address).",
+)
+@click.option(
+    "--address", type=str, default=None, help="Flash offset FILE was read from (with --flash-key)."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
 def inspect(
     file: Path,
@@ -300,12 +320,21 @@ def inspect(
     chip: str | None,
     nvs_keys_path: Path | None,
     ota_slots: int,
+    flash_key: Path | None,
+    address: str | None,
     as_json: bool,
 ) -> None:
-    """Decode FILE as an image, partition table, otadata, NVS, nvs_keys or eFuse image."""
+    """Decode FILE as an image, partition table, otadata, NVS, nvs_keys or eFuse image.
+
+    A flash-encrypted artifact (a bundle's nvs_keys, otadata, app, ...) is decrypted
+    first with --flash-key, --chip and the --address it lives at.
+    """
     if nvs_keys_path is not None and kind != "nvs":
         raise InputError("--nvs-keys only applies to --as nvs")
-    report = DECODERS[kind](_read(file, "file"), _Options(chip, nvs_keys_path, ota_slots))
+    data = _read(file, "file")
+    if flash_key is not None or address is not None:
+        data = _decrypt(data, flash_key, address, chip)
+    report = DECODERS[kind](data, _Options(chip, nvs_keys_path, ota_slots))
     if as_json:
         echo_json(report.document)
         return
