@@ -226,6 +226,53 @@ def test_cli_development_chip_audited_as_development(tmp_path: Path) -> None:
     dev = CliRunner().invoke(main, ["audit", "efuse", str(path), "--chip", "esp32",
                                     "--mode", "development"])
     assert dev.exit_code == 0, dev.output
-    assert "note (development mode leaves open): JTAG stays enabled" in dev.output
+    assert "note: JTAG stays enabled" in dev.output
     rel = CliRunner().invoke(main, ["audit", "efuse", str(path), "--chip", "esp32"])
     assert rel.exit_code == 1
+
+
+def _served_chip(chip: str, efuse_file: Path) -> object:
+    from espfleet.device.chip import VirtualChip
+    from espfleet.device.efuse import EfuseController
+    from espfleet.device.flash import NorFlash
+
+    data = efuse_file.read_bytes()
+    return VirtualChip(chip, revision=4, flash=NorFlash(4 << 20),
+                       efuse=EfuseController(chip, data, data))
+
+
+@pytest.mark.parametrize("variant", ["", "-norevoke", "-jtag"])
+def test_locked_chip_audited_over_port_through_security_info(
+    tmp_path: Path, variant: str
+) -> None:
+    """A release S3 is in Secure Download Mode: espefuse cannot read it, the ROM's
+    GET_SECURITY_INFO still shows the counter, purposes, secure boot, revocations and
+    JTAG; the report names what it could not verify."""
+    from espfleet.audit.efuse_source import read_efuse_port
+    from espfleet.device.server import LoaderServer
+
+    skips: dict[str, Callable[[EfuseStep], bool]] = {
+        "": lambda s: False,
+        "-norevoke": lambda s: s.target.startswith("SECURE_BOOT_KEY_REVOKE"),
+        "-jtag": lambda s: s.target in {"JTAG_DISABLE", "DIS_PAD_JTAG"},
+    }
+    path = provisioned(tmp_path, "esp32s3", "release", skip=skips[variant], variant=variant)
+    from_file = audit("esp32s3", path)
+    with LoaderServer(_served_chip("esp32s3", path)) as server:  # type: ignore[arg-type]
+        state, unverified = read_efuse_port("esp32s3", server.url)
+    over_port = audit_efuses(state, "release", unverified=unverified)
+    assert kinds(over_port) == kinds(from_file)
+    assert any("not verified, assumed as required" in n and "DIS_USB_JTAG" in n
+               for n in over_port.notes)
+
+
+def test_blank_chip_over_port_reads_every_field(tmp_path: Path) -> None:
+    from espfleet.audit.efuse_source import read_efuse_port
+    from espfleet.device.server import LoaderServer
+
+    path = blank(tmp_path, "esp32c3")
+    with LoaderServer(_served_chip("esp32c3", path)) as server:  # type: ignore[arg-type]
+        state, unverified = read_efuse_port("esp32c3", server.url)
+    assert unverified == ()
+    assert kinds(audit_efuses(state, "release", expected_digest=DIGEST)) == kinds(
+        audit("esp32c3", path))

@@ -173,13 +173,3 @@ def test_efuse_port_unreachable_is_an_operation_failure() -> None:
     result = run("efuse", "--port", "socket://127.0.0.1:9", "--chip", "esp32")
     assert result.exit_code == 1
     assert "could not read the eFuses of the esp32 on socket://127.0.0.1:9" in result.output
-
-
-def test_efuse_port_of_chip_in_secure_download_mode_says_why() -> None:
-    chip = VirtualChip.new("esp32s3")
-    chip.burn_efuse("ENABLE_SECURITY_DOWNLOAD", 1)
-    chip.reset()
-    with LoaderServer(chip) as server:
-        result = run("efuse", "--port", server.url, "--chip", "esp32s3")
-    assert result.exit_code == 1
-    assert "the chip is in Secure Download Mode, which refuses eFuse reads" in result.output

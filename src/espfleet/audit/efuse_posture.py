@@ -10,7 +10,7 @@ locked so espefuse cannot reach the chip).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -122,21 +122,28 @@ class _Context:
 
 
 def audit_efuses(
-    state: EfuseState, mode: str = "release", *, expected_digest: bytes | None = None
+    state: EfuseState,
+    mode: str = "release",
+    *,
+    expected_digest: bytes | None = None,
+    unverified: Sequence[str] = (),
 ) -> EfuseReport:
     """Check ``state`` against its chip's table and the eFuse plan of ``mode``.
 
     ``expected_digest`` is the fleet's Secure Boot V2 public-key digest (from the
     workspace's signing key); without it only the presence of a digest is checked.
+    ``unverified`` names what the snapshot's source could not show (filled in with
+    the required values): the report lists it so nobody mistakes it for checked.
     """
     facts = chip_facts(state.chip)
     plan = plan_for(state.chip, mode)
     ctx = _Context(state, facts, plan, expected_digest)
     findings = [f for check in _CHECKS for f in check(ctx)]
     findings.sort(key=lambda f: -f.severity)
-    return EfuseReport(
-        chip=facts.name, mode=plan.mode, findings=tuple(findings), notes=plan.leaves_open()
-    )
+    notes = plan.leaves_open()
+    if unverified:
+        notes += (f"not verified, assumed as required: {', '.join(unverified)}",)
+    return EfuseReport(chip=facts.name, mode=plan.mode, findings=tuple(findings), notes=notes)
 
 
 _RETIRE = "treat this chip as unfit for release: keep it on the bench or scrap it"
