@@ -18,6 +18,7 @@ the rest. So a crash, ``kill -9`` or Ctrl-C at any point leaves no half bundle o
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import multiprocessing
 import os
@@ -29,8 +30,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from sqlalchemy import select
+
 from espfleet._io import atomic_directory
 from espfleet.backend.models import Certificate, Device
+from espfleet.backend.registry import Registry
 from espfleet.errors import EspfleetError, ProvisioningError
 from espfleet.formats.nvs_keys import NvsKeys
 from espfleet.pki.ca import CertificateAuthority
@@ -63,8 +67,8 @@ class DeviceResult:
     recovery_secret_hash: str | None = None
     serial: str | None = None
     fingerprint_sha256: str | None = None
-    not_before: Any = None
-    not_after: Any = None
+    not_before: dt.datetime | None = None
+    not_after: dt.datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -168,7 +172,7 @@ def bundle_sha256(bundle_dir: Path) -> str | None:
         return None
 
 
-def done_devices(registry: Any, bundles_dir: Path, device_ids: Sequence[str]) -> set[str]:
+def done_devices(registry: Registry, bundles_dir: Path, device_ids: Sequence[str]) -> set[str]:
     """Devices whose bundle is in place and recorded with the same hash."""
     done = set()
     for device_id in device_ids:
@@ -197,10 +201,8 @@ def clean_leftovers(bundles_dir: Path, pending: Sequence[str]) -> list[str]:
     return removed
 
 
-def _record(registry: Any, policy: FleetPolicy, result: DeviceResult) -> None:
+def _record(registry: Registry, policy: FleetPolicy, result: DeviceResult) -> None:
     """One transaction: the device row (created or updated) and its certificate."""
-    import datetime as dt
-
     now = dt.datetime.now(dt.UTC)
     with registry.transaction() as session:
         row = session.get(Device, result.device_id)
@@ -213,9 +215,12 @@ def _record(registry: Any, policy: FleetPolicy, result: DeviceResult) -> None:
         row.recovery_secret_hash = result.recovery_secret_hash
         row.bundle_sha256 = result.bundle_sha256
         row.updated_at = now
-        for old in session.query(Certificate).filter_by(
-            device_id=result.device_id, kind="device", status="active"
-        ):
+        active = select(Certificate).where(
+            Certificate.device_id == result.device_id,
+            Certificate.kind == "device",
+            Certificate.status == "active",
+        )
+        for old in session.scalars(active):
             old.status = "superseded"
         session.add(Certificate(
             serial=result.serial, device_id=result.device_id, kind="device", status="active",
@@ -229,7 +234,7 @@ def run_batch(
     requests: Sequence[DeviceRequest],
     policy: FleetPolicy,
     ca: CertificateAuthority,
-    registry: Any,
+    registry: Registry,
     bundles_dir: Path,
     vault_dir: Path,
     passphrase: bytes,
