@@ -35,7 +35,10 @@ def test_surface(module: str) -> None:
         assert hasattr(m, name), f"{module}.{name}"
 
 
-@pytest.mark.parametrize("module", [*sorted(SURFACES), "espfleet.formats._nvs_reader"])
+@pytest.mark.parametrize(
+    "module",
+    [*sorted(SURFACES), "espfleet.formats._nvs_reader", "espfleet.formats._partition_rules"],
+)
 def test_formats_import_no_device_backend_or_cli_code(module: str) -> None:
     spec = importlib.util.find_spec(module)
     assert spec is not None and spec.origin is not None

@@ -90,7 +90,7 @@ def subtype_name(ptype: int, subtype: int) -> str:
     return f"{subtype:#04x}"
 
 
-def _alignment(ptype: int) -> int:
+def alignment(ptype: int) -> int:
     return APP_ALIGN if ptype == APP else DATA_ALIGN
 
 
@@ -224,7 +224,9 @@ class PartitionTable:
     # ----- validation -------------------------------------------------------------
     def problems(self, flash_size: int, *, table_offset: int = 0x8000) -> list[str]:
         """Every layout rule the table breaks (empty when it is valid)."""
-        return _layout_problems(self, flash_size, table_offset)
+        from espfleet.formats._partition_rules import layout_problems
+
+        return layout_problems(self, flash_size, table_offset)
 
     def validate(self, flash_size: int, *, table_offset: int = 0x8000) -> None:
         """Raise :class:`InputError` listing every layout problem."""
@@ -233,7 +235,9 @@ class PartitionTable:
     def secure_problems(
         self, flash_size: int, *, table_offset: int = 0x8000, app_size: int | None = None
     ) -> list[str]:
-        return self.problems(flash_size, table_offset=table_offset) + _secure_problems(
+        from espfleet.formats._partition_rules import secure_problems
+
+        return self.problems(flash_size, table_offset=table_offset) + secure_problems(
             self, app_size
         )
 
@@ -252,93 +256,6 @@ def _raise_if(problems: list[str]) -> None:
             "partition table is not valid: " + "; ".join(problems) + ". Fix the partition CSV "
             "(or use the secure default layout) and build the table again"
         )
-
-
-def _layout_problems(table: PartitionTable, flash_size: int, table_offset: int) -> list[str]:
-    out: list[str] = []
-    if table_offset % TABLE_SECTOR:
-        out.append(f"table offset {table_offset:#x} is not aligned to {TABLE_SECTOR:#x}")
-    table_end = table_offset + TABLE_SECTOR
-    if not any(p.type == APP for p in table.entries):
-        out.append("no app partition: the bootloader would have nothing to boot")
-    seen: set[str] = set()
-    for p in table.entries:
-        if p.name in seen:
-            out.append(f"duplicate partition name {p.name!r}")
-        seen.add(p.name)
-        out.extend(_entry_problems(p, flash_size, table_offset, table_end))
-    ordered = sorted(table.entries, key=lambda p: p.offset)
-    for i, b in enumerate(ordered):
-        out.extend(
-            f"{b.describe()} overlaps {a.describe()}" for a in ordered[:i] if b.offset < a.end
-        )
-    otadata = table.by_type(DATA, SUBTYPES[DATA]["ota"])
-    if len(otadata) > 1:
-        out.append("more than one otadata partition (data/ota)")
-    for p in otadata:
-        if p.size != OTADATA_SIZE:
-            out.append(f"{p.describe()}: otadata must be exactly {OTADATA_SIZE:#x} bytes")
-    slots = [p.ota_slot for p in table.app_slots()]
-    if slots != list(range(len(slots))):
-        out.append(
-            "OTA app slots must be ota_0..ota_N without gaps or duplicates, found "
-            + ", ".join(f"ota_{n}" for n in slots)
-        )
-    if slots and not otadata:
-        out.append("OTA app slots need an otadata partition (data/ota) to choose between them")
-    return out
-
-
-def _entry_problems(p: Partition, flash_size: int, table_offset: int, table_end: int) -> list[str]:
-    out: list[str] = []
-    align = _alignment(p.type)
-    if p.offset % align:
-        out.append(f"{p.describe()}: offset is not aligned to {align:#x}")
-    if p.size == 0:
-        out.append(f"{p.describe()}: size is zero")
-    elif p.size % DATA_ALIGN:
-        out.append(f"{p.describe()}: size is not a multiple of the {DATA_ALIGN:#x} sector")
-    if p.offset < table_end and p.end > table_offset:
-        out.append(
-            f"{p.describe()} overlaps the partition table at {table_offset:#x}-{table_end - 1:#x}"
-        )
-    elif p.offset < table_end:
-        out.append(f"{p.describe()} lies below the partition table end {table_end:#x}")
-    if p.end > flash_size:
-        out.append(f"{p.describe()} ends at {p.end:#x}, beyond the {flash_size:#x}-byte flash")
-    if p.is_("data", "nvs") and p.encrypted:
-        out.append(
-            f"{p.describe()} is flagged encrypted: NVS encrypts its own entries with the "
-            "nvs_keys partition and cannot live under flash encryption"
-        )
-    if p.readonly and (p.type == APP or p.is_("data", "ota") or p.is_("data", "coredump")):
-        out.append(f"{p.describe()} cannot be readonly: it is written at run time")
-    return out
-
-
-def _secure_problems(table: PartitionTable, app_size: int | None) -> list[str]:
-    out: list[str] = []
-    slots = table.app_slots()
-    if len(slots) < 2:
-        out.append(f"a secure fleet needs two OTA app slots (ota_0, ota_1), found {len(slots)}")
-    if app_size is not None:
-        out.extend(
-            f"{p.describe()} is smaller than the {app_size:#x}-byte app"
-            for p in slots
-            if p.size < app_size
-        )
-    for sub, minimum in (("ota", OTADATA_SIZE), ("nvs_keys", NVS_KEYS_MIN_SIZE)):
-        found = table.by_type(DATA, SUBTYPES[DATA][sub])
-        if not found:
-            out.append(f"no {sub} partition (data/{sub})")
-        for p in found:
-            if not p.encrypted:
-                out.append(f"{p.describe()} must be flagged encrypted")
-            if p.size < minimum:
-                out.append(f"{p.describe()} must be at least {minimum:#x} bytes")
-    if not table.by_type(DATA, SUBTYPES[DATA]["nvs"]):
-        out.append("no nvs partition (data/nvs) for the device identity")
-    return out
 
 
 def decode(data: bytes, *, require_md5: bool = False) -> PartitionTable:
@@ -480,7 +397,7 @@ def from_csv(text: str, *, table_offset: int = 0x8000) -> PartitionTable:
     last_end = table_offset + TABLE_SECTOR
     for line_no, name, ptype, subtype, offset, size, enc, ro in parsed:
         if offset is None:
-            align = _alignment(ptype)
+            align = alignment(ptype)
             offset = -(-last_end // align) * align
         try:
             entries.append(Partition(name, ptype, subtype, offset, size, enc, ro))
