@@ -205,3 +205,13 @@ def test_bad_input_exit_2(fleet_workspace: Path, args: list[str], message: str) 
     result = run(*args)
     assert result.exit_code == 2, result.output
     assert message in result.output
+
+
+def test_rerun_on_locked_release_device_explains_journal(
+    fleet_workspace: Path, chip: tuple[VirtualChip, str]
+) -> None:
+    make_bundle(fleet_workspace)
+    assert run(DEVICE, "--port", chip[1], "--yes").exit_code == 0
+    again = run(DEVICE, "--port", chip[1], "--yes")
+    assert again.exit_code == 1
+    assert "the journal says" in again.output and "nothing left to do" in again.output

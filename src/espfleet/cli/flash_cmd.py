@@ -10,7 +10,7 @@ from rich.table import Table
 from espfleet.cli._context import CliContext, get_passphrase
 from espfleet.cli._output import console, echo_json, err_console
 from espfleet.device_id import parse_device_id
-from espfleet.errors import InputError
+from espfleet.errors import FlashError, InputError
 from espfleet.provisioning.bundle import Bundle, load_bundle, wipe_secrets
 from espfleet.provisioning.esptool_driver import open_session
 from espfleet.provisioning.flash_journal import FlashJournal
@@ -76,7 +76,16 @@ def flash(
     journal = FlashJournal.load(bundle_dir, device_id)
     keys = _Keys(workspace, bundle)
 
-    session = open_session(port, quiet=not obj.debug)
+    try:
+        session = open_session(port, quiet=not obj.debug)
+    except FlashError as error:
+        if journal.status == "flashed" and job.plan.mode == "release":
+            raise FlashError(
+                f"{error} (the journal says {device_id} was flashed and locked on "
+                f"{journal.data.get('updated', '?')}: a release device no longer answers "
+                "over serial, so there is nothing left to do)"
+            ) from error
+        raise
     try:
         inspection = inspect_chip(job, session, journal)
         if not as_json:

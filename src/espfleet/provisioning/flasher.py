@@ -265,6 +265,7 @@ def execute(
         if lock:
             say("burning the download-mode lock (last)")
             session.efuses.burn(lock, {})
+            _confirm(job, session, lock, may_be_silent=True)
             _record_locks(lock, done, journal)
     except (EspfleetError, KeyboardInterrupt) as error:
         cause = "interrupted (Ctrl-C)" if isinstance(error, KeyboardInterrupt) else error
@@ -299,9 +300,21 @@ def _material(
     return material
 
 
-def _confirm(job: FlashJob, session: ChipSession, burned: Sequence[EfuseStep]) -> None:
-    """Re-read the chip: every burned step must now show as done."""
-    state = session.efuses.read_state()
+def _confirm(
+    job: FlashJob, session: ChipSession, burned: Sequence[EfuseStep], *, may_be_silent: bool = False
+) -> None:
+    """Re-read the chip: every burned step must now show as done.
+
+    ``may_be_silent``: after the download-mode lock a chip may stop answering register
+    reads (secure download mode); espefuse already checked what it could, so a failed
+    read is accepted there.
+    """
+    try:
+        state = session.efuses.read_state()
+    except FlashError:
+        if may_be_silent:
+            return
+        raise
     checks = assess_steps(
         EfusePlan(job.plan.chip, job.plan.mode, tuple(burned)),
         state,
