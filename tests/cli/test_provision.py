@@ -299,6 +299,8 @@ def test_crash_after_rename_before_registry_rebuilds_the_orphan_bundle(
         raise RuntimeError("killed before the registry transaction")
 
     monkeypatch.setattr(batch_module, "_record", crash)
+    # As under kill -9: no chance to clean up after the crash.
+    monkeypatch.setattr(batch_module, "clean_leftovers", lambda *_a: [])
     args = ["--device-id", "esp32-24a1600a1b2c", *_firmware_args(fw), "--jobs", 1]
     assert isinstance(_provision(*args).exception, RuntimeError)
     ws = Workspace.open(fleet_workspace)
@@ -312,6 +314,44 @@ def test_crash_after_rename_before_registry_rebuilds_the_orphan_bundle(
     assert rebuilt.manifest.certificate.serial != orphan.manifest.certificate.serial
     with ws.registry() as registry:
         assert registry.get_device("esp32-24a1600a1b2c").status == "provisioned"
+
+
+def test_ctrl_c_mid_batch_leaves_only_recorded_devices(
+    fleet_workspace: Path, fw: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = batch_module._record
+    calls = {"n": 0}
+
+    def interrupted_on_second(*args: Any, **kwargs: Any) -> None:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        real(*args, **kwargs)
+
+    monkeypatch.setattr(batch_module, "_record", interrupted_on_second)
+    result = _provision("--count", 4, *_firmware_args(fw), "--jobs", 2)
+    assert result.exit_code != 0
+    ws = Workspace.open(fleet_workspace)
+    with ws.registry() as registry:
+        provisioned = {r.device_id for r in registry.list_devices() if r.status == "provisioned"}
+    assert len(provisioned) == 1
+    assert {p.name for p in ws.bundles_dir.iterdir()} == provisioned
+    assert {p.stem for p in ws.vault_dir.glob("*.sealed")} == provisioned
+
+
+def test_flashed_device_is_never_rebuilt(
+    fleet_workspace: Path, fw: dict[str, Path], snapshot: Snapshot
+) -> None:
+    args = ["--device-id", "esp32-24a1600a1b2c", *_firmware_args(fw)]
+    assert _provision(*args).exit_code == 0
+    with _registry(fleet_workspace) as registry:
+        registry.update_device("esp32-24a1600a1b2c", status="flashed")
+    (fleet_workspace / "bundles" / "esp32-24a1600a1b2c" / "manifest.json").write_text("{}")
+    before = snapshot(fleet_workspace)
+    result = _provision(*args)
+    assert result.exit_code == 0, result.output
+    assert "0 built, 1 already done" in result.output
+    assert snapshot(fleet_workspace) == before
 
 
 @pytest.mark.slow

@@ -18,6 +18,7 @@ the rest. So a crash, ``kill -9`` or Ctrl-C at any point leaves no half bundle o
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import multiprocessing
@@ -25,7 +26,7 @@ import os
 import secrets
 import shutil
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -173,19 +174,23 @@ def bundle_sha256(bundle_dir: Path) -> str | None:
 
 
 def done_devices(registry: Registry, bundles_dir: Path, device_ids: Sequence[str]) -> set[str]:
-    """Devices whose bundle is in place and recorded with the same hash."""
+    """Devices not to build again: recorded ``provisioned`` with the same bundle hash, or
+    already flashed (their keys are in a chip: a new bundle would not match it)."""
     done = set()
     for device_id in device_ids:
         record = registry.get_device(device_id)
         if record is None or record.status not in DONE_STATUSES:
             continue
-        if record.bundle_sha256 and record.bundle_sha256 == bundle_sha256(bundles_dir / device_id):
+        if record.status != "provisioned" or (
+            record.bundle_sha256 and record.bundle_sha256 == bundle_sha256(bundles_dir / device_id)
+        ):
             done.add(device_id)
     return done
 
 
-def clean_leftovers(bundles_dir: Path, pending: Sequence[str]) -> list[str]:
-    """Remove ``.partial-*`` directories and bundles of pending (unrecorded) devices."""
+def clean_leftovers(bundles_dir: Path, pending: Sequence[str], vault: Vault) -> list[str]:
+    """Remove ``.partial-*`` directories, and the bundles and vault files of pending
+    (unrecorded) devices: what a killed or interrupted run left behind."""
     removed: list[str] = []
     if not bundles_dir.exists():
         return removed
@@ -198,6 +203,7 @@ def clean_leftovers(bundles_dir: Path, pending: Sequence[str]) -> list[str]:
         if orphan.exists():
             shutil.rmtree(orphan)
             removed.append(device_id)
+        vault.destroy(device_id)
     return removed
 
 
@@ -250,7 +256,7 @@ def run_batch(
     vault = Vault.open(vault_dir, passphrase)
     done = done_devices(registry, bundles_dir, ids)
     pending = [r for r in requests if r.device_id not in done]
-    clean_leftovers(bundles_dir, [r.device_id for r in pending])
+    clean_leftovers(bundles_dir, [r.device_id for r in pending], vault)
     results: list[DeviceResult] = []
     for device_id in ids:
         if device_id in done:
@@ -259,17 +265,29 @@ def run_batch(
             if on_result:
                 on_result(skipped)
     job = _Job(bundles_dir, vault, policy, ca)
-    for result in _results(job, pending, jobs or os.cpu_count() or 1):
-        if result.status == "built":
-            os.sync()  # the bundle's files are on disk before the registry says "done"
-            _record(registry, policy, result)
-        results.append(result)
-        if on_result:
-            on_result(result)
+    recorded: set[str] = set()
+    try:
+        with contextlib.closing(_results(job, pending, jobs or os.cpu_count() or 1)) as stream:
+            for result in stream:
+                if result.status == "built":
+                    os.sync()  # the bundle's files are on disk before the registry says "done"
+                    _record(registry, policy, result)
+                    recorded.add(result.device_id)
+                results.append(result)
+                if on_result:
+                    on_result(result)
+    except BaseException:
+        # Ctrl-C or a failure: the workers are stopped (closing the stream terminates the
+        # pool); leave no bundle or vault file that the registry does not vouch for.
+        unrecorded = [r.device_id for r in pending if r.device_id not in recorded]
+        clean_leftovers(bundles_dir, unrecorded, vault)
+        raise
     return BatchReport(tuple(results), time.perf_counter() - start)
 
 
-def _results(job: _Job, pending: Sequence[DeviceRequest], jobs: int) -> Iterator[DeviceResult]:
+def _results(
+    job: _Job, pending: Sequence[DeviceRequest], jobs: int
+) -> Generator[DeviceResult, None, None]:
     if not pending:
         return
     workers = max(1, min(jobs, len(pending)))
