@@ -32,6 +32,7 @@ VECTORS = Path(__file__).resolve().parents[3].parent / "shared" / "vectors" / "e
 
 #: KEY_PURPOSE_n values (espefuse's numbering) on S3/C3.
 PURPOSE_XTS_AES_128 = 4
+PURPOSE_XTS_AES_256 = (2, 3)
 PURPOSE_SECURE_BOOT_DIGEST = (9, 10, 11)
 
 
@@ -53,7 +54,7 @@ def burn_digest(chip: VirtualChip, slot: int, digest: bytes) -> None:
     if chip.facts.sb_digest_purposes is None:
         chip.burn_efuse(chip.facts.sb_digest_blocks[slot], value)
         return
-    block = slot + 1  # BLOCK_KEY0 holds the flash-encryption key in these tests
+    block = slot + 2  # BLOCK_KEY0/1 hold the flash-encryption key in these tests
     chip.burn_efuse(f"BLOCK_KEY{block}", value)
     chip.burn_efuse(f"KEY_PURPOSE_{block}", PURPOSE_SECURE_BOOT_DIGEST[slot])
 
@@ -165,23 +166,26 @@ def make_device(
     secure_version: int = 0,
     efuse_secure_version: int = 0,
     release: bool = True,
+    fe_key_length: int = 32,
 ) -> Device:
     """Flash and fuse a fresh chip; ``digest_keys`` (default: ``signing_keys``) are the
     keys whose digests are burned, one per slot."""
     revision = {"esp32": 300, "esp32s3": 0, "esp32c3": 3}[chip_name]
     chip = VirtualChip.new(chip_name, revision=revision, flash_size=4 << 20)
     facts = chip.facts
-    fe_key = os.urandom(32) if encryption else None
+    fe_key = os.urandom(fe_key_length) if encryption else None
     table = default_secure_table(chip.flash.size)
     cert_pem, key_pem = device_certificate(chip.device_id)
     dev = Device(chip, fe_key, signing_keys, table, cert_pem)
     if fe_key is not None:
-        block = facts.fe_key_blocks[0]
-        burn_key_block(chip, block, fe_key, read_protect=True)
+        halves = [fe_key[i:i + 32] for i in range(0, len(fe_key), 32)]
+        purposes = [PURPOSE_XTS_AES_128] if len(halves) == 1 else PURPOSE_XTS_AES_256
+        for n, half in enumerate(halves):
+            burn_key_block(chip, facts.fe_key_blocks[n], half, read_protect=True)
+            if not facts.crypt_config_field:
+                chip.burn_efuse(f"KEY_PURPOSE_{n}", purposes[n])
         if facts.crypt_config_field:
             chip.burn_efuse(facts.crypt_config_field, facts.crypt_config_value or 0xF)
-        else:
-            chip.burn_efuse("KEY_PURPOSE_0", PURPOSE_XTS_AES_128)
         count = facts.crypt_cnt_release if release else facts.crypt_cnt_development
         chip.burn_efuse(facts.crypt_cnt_field, count)
     if secure_boot_on:

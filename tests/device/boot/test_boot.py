@@ -35,6 +35,13 @@ def test_release_device_boots_its_app_and_reports_identity(
     assert dev.chip.console[-len(result.log):] == list(result.log)
 
 
+def test_esp32s3_with_an_xts_aes_256_key_boots(keys: list[PrivateKey]) -> None:
+    dev = make_device("esp32s3", signing_keys=keys[:1], fe_key_length=64)
+    result = boot(dev.chip)
+    assert result.started, result.log
+    assert dev.chip.hardware_key() == dev.fe_key
+
+
 def test_boot_log_is_deterministic(device: Device) -> None:
     twin = clone(device.chip)
     assert boot(device.chip).log == boot(twin).log
