@@ -101,6 +101,7 @@ def test_plaintext_nvs_entries_found_at_their_offsets(kit: Any) -> None:
         ("sta.ssid", "string", "HomeNet"),
         ("wifi_pass", "string", "hunter2-but-longer"),
         ("client_cert", "string", cert_pem),
+        ("api_token", "string", "tok-5f1e9c2a7b"),
         ("boot_count", "u32", "7"),
     ])
     dump = kit.clean_dump()
@@ -111,7 +112,7 @@ def test_plaintext_nvs_entries_found_at_their_offsets(kit: Any) -> None:
         by_kind.setdefault(f.kind, []).append(f)
     assert [f.offset for f in by_kind["plaintext-nvs"]] == [0x9000]
     secret_entries = {f.message.split("'")[1]: f.offset for f in by_kind["nvs-secret"]}
-    assert set(secret_entries) == {"wifi_pass", "client_cert"}
+    assert set(secret_entries) == {"wifi_pass", "api_token"}  # a certificate is public
     for name, offset in secret_entries.items():
         entry_key = dump[offset + 8 : offset + 24].split(b"\x00")[0]
         assert entry_key == name.encode()

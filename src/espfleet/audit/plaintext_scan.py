@@ -18,7 +18,7 @@ from espfleet.audit.findings import Finding, Severity
 from espfleet.audit.secrets_scan import redact
 from espfleet.chips import CHIPS
 from espfleet.errors import FormatError
-from espfleet.formats import nvs, partition_table
+from espfleet.formats import app_image, nvs, partition_table
 
 __all__ = ["NvsEntry", "nvs_entries", "scan_plaintext_structures"]
 
@@ -36,8 +36,8 @@ _PT_MAGIC = b"\xaa\x50"  # partition_table.MAGIC
 _PT_MD5_ROW = b"\xeb\xeb"
 
 _IMAGE_MAGIC = 0xE9
-_APP_DESC_MAGIC = 0xABCD5432
 _APP_ALIGN = 0x10000
+
 
 def _image_chip_ids() -> frozenset[int]:
     """Every chip id esptool knows: a plaintext image of any ESP chip is a finding."""
@@ -55,7 +55,7 @@ _NVS_ENTRIES = 126
 _NVS_STRING, _NVS_BLOB_DATA, _NVS_BLOB_INDEX = 0x21, 0x42, 0x48
 _NVS_TYPES = {0x01, 0x11, 0x02, 0x12, 0x04, 0x14, 0x08, 0x18, 0x21, 0x41, 0x42, 0x48}
 _SECRET_KEY_NAME = re.compile(
-    rb"(?i)pass|pswd|pwd|psk|secret|token|priv|key|cert|recovery|cred|auth"
+    rb"(?i)pass|pswd|pwd|psk|secret|token|priv|key|recovery|cred|auth"
 )
 
 
@@ -131,25 +131,21 @@ def _image_header_ok(data: bytes, offset: int) -> bool:
     )
 
 
-def _image_length(data: bytes, offset: int) -> int:
-    """Header plus segments, as far as the dump holds them (checksum/hash not counted)."""
-    segments = data[offset + 1]
-    pos = offset + 24
-    for _ in range(segments):
-        if pos + 8 > len(data):
-            break
-        pos += 8 + struct.unpack_from("<I", data, pos + 4)[0]
-    return min(pos, len(data)) - offset
-
-
-def _app_name(data: bytes, offset: int) -> str:
-    """Project name and version from the app descriptor (first thing in DROM)."""
-    desc = offset + 0x20
-    if len(data) < desc + 80 or struct.unpack_from("<I", data, desc)[0] != _APP_DESC_MAGIC:
-        return "no app descriptor"
-    version = data[desc + 16 : desc + 48].split(b"\x00")[0].decode("ascii", "replace")
-    project = data[desc + 48 : desc + 80].split(b"\x00")[0].decode("ascii", "replace")
-    return f"project {project!r} version {version!r}"
+def _describe_image(data: bytes, offset: int, at_bootloader_offset: bool) -> tuple[
+    str, str, int
+]:
+    """Kind, description and length of the plaintext image at ``offset``."""
+    try:
+        image = app_image.parse(data[offset:])
+    except FormatError as error:
+        kind = "plaintext-bootloader" if at_bootloader_offset else "plaintext-app"
+        return kind, f"image header (the rest does not parse: {error})", 32
+    if image.is_bootloader or at_bootloader_offset:
+        return "plaintext-bootloader", "bootloader", image.image_length
+    desc = image.app_desc
+    what = (f"project {desc.project_name!r} version {desc.version!r}" if desc
+            else "no app descriptor")
+    return "plaintext-app", f"app image ({what})", image.image_length
 
 
 def _images(data: bytes, bootloader_offsets: Sequence[int]) -> Iterator[Finding]:
@@ -157,13 +153,12 @@ def _images(data: bytes, bootloader_offsets: Sequence[int]) -> Iterator[Finding]
     for offset in offsets:
         if not _image_header_ok(data, offset):
             continue
-        is_bootloader = offset in bootloader_offsets
-        what = "bootloader" if is_bootloader else f"app image ({_app_name(data, offset)})"
+        kind, what, length = _describe_image(data, offset, offset in bootloader_offsets)
         yield Finding(
             Severity.HIGH,
-            "plaintext-bootloader" if is_bootloader else "plaintext-app",
+            kind,
             offset,
-            _image_length(data, offset),
+            length,
             f"plaintext {what}: its code and every string in it can be read and "
             "disassembled",
             _FIX_FLASH_ENCRYPTION,
