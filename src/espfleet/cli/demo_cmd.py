@@ -58,13 +58,14 @@ def demo(ctx: click.Context, devices: int, chip: str, keep: bool, as_json: bool)
 
 def _summary(report: DemoReport) -> None:
     table = Table(title=f"{len(report.devices)} virtual {report.chip} device(s)")
-    for column in ("device", "eFuse steps", "images", "locks", "booted", "fw", "dump findings"):
+    table.add_column("device", no_wrap=True)
+    for column in ("eFuse burns", "images", "locks", "booted", "fw", "audit"):
         table.add_column(column)
     for d in report.devices:
         table.add_row(
             d["device_id"], str(d["efuses_burned"]), str(d["images_written"]),
             str(d["locks_burned"]), str(d["booted_slot"]), str(d["fw_version"]),
-            f"{d['flash_findings']} (none high)",
+            f"pass ({d['flash_findings'] + d['efuse_findings']} below high)",
         )
     console.print(table)
     if report.attack:
