@@ -27,6 +27,7 @@ from espfleet.device.partition_io import (
     read_partition,
     write_otadata,
 )
+from espfleet.device_id import parse_device_id
 from espfleet.errors import DeviceError, FormatError, InputError
 from espfleet.formats import nvs, nvs_keys, otadata
 from espfleet.formats.partition_table import Partition
@@ -66,6 +67,8 @@ class AppReport:
     efuse_secure_version: int
     running_slot: str
     broker_uri: str
+    #: The device certificate's notAfter (ISO 8601, UTC).
+    cert_not_after: str
     #: True when this boot confirmed a pending-verify image (otadata -> VALID).
     confirmed_update: bool
 
@@ -88,6 +91,7 @@ class Firmware:
         identity = self.read_identity()
         con.info("espfleet", f"device id {identity.device_id}, certificate serial "
                              f"{identity.cert_serial}")
+        self.self_test(identity)
         confirmed = self._confirm_if_pending()
         efuse_sv = self.chip.efuses().get_int(self.chip.facts.secure_version_field).bit_count()
         return AppReport(
@@ -99,8 +103,22 @@ class Firmware:
             efuse_secure_version=efuse_sv,
             running_slot=self.running.name,
             broker_uri=identity.nvs.broker_uri,
+            cert_not_after=identity.certificate.not_valid_after_utc.isoformat(),
             confirmed_update=confirmed,
         )
+
+    def self_test(self, identity: Identity) -> None:
+        """What the app checks before it confirms an update: the identity in NVS is this
+        chip's (a real-chip device id names the chip and its eFuse MAC)."""
+        claimed = parse_device_id(identity.device_id)
+        if claimed.chip is None:
+            return
+        own = f"{self.chip.chip}-{self.chip.mac.hex()}"
+        if identity.device_id != own:
+            raise DeviceError(
+                f"self-test failed: the NVS identity is {identity.device_id} but this chip is "
+                f"{own}: the flash holds another device's identity; re-provision this device"
+            )
 
     # -- identity --------------------------------------------------------------------
 

@@ -154,6 +154,28 @@ class Device:
         self.write(self.part("otadata").offset, ota.encode())
 
 
+def write_identity(dev: Device, device_id: str) -> None:
+    """nvs_keys (encrypted) and an encrypted NVS with an identity for ``device_id``."""
+    cert_pem, key_pem = device_certificate(device_id)
+    dev.cert_pem = cert_pem
+    nvs_keys = NvsKeys.generate()
+    identity = DeviceIdentity(
+        device_id=device_id,
+        device_cert=cert_pem,
+        device_key=key_pem,
+        ca_chain=cert_pem,
+        broker_uri="mqtts://127.0.0.1:8883",
+        recovery_uri="mqtts://127.0.0.1:8884",
+        recovery_secret="s3cret-recovery-value",
+        ota_ca=cert_pem,
+    )
+    entries = identity.entries().items()
+    namespaces = {NVS_NAMESPACE: {k: nvs.NvsValue("string", v) for k, v in entries}}
+    dev.write(dev.part("nvs_keys").offset, nvs_keys.encode())
+    nvs_part = dev.part("nvs")
+    dev.write(nvs_part.offset, nvs.write(namespaces, nvs_part.size, nvs_keys), encrypted=False)
+
+
 def make_device(
     chip_name: str = "esp32",
     *,
@@ -175,8 +197,7 @@ def make_device(
     facts = chip.facts
     fe_key = os.urandom(fe_key_length) if encryption else None
     table = default_secure_table(chip.flash.size)
-    cert_pem, key_pem = device_certificate(chip.device_id)
-    dev = Device(chip, fe_key, signing_keys, table, cert_pem)
+    dev = Device(chip, fe_key, signing_keys, table, "")
     if fe_key is not None:
         halves = [fe_key[i:i + 32] for i in range(0, len(fe_key), 32)]
         purposes = [PURPOSE_XTS_AES_128] if len(halves) == 1 else PURPOSE_XTS_AES_256
@@ -198,25 +219,10 @@ def make_device(
     if efuse_secure_version:
         chip.burn_efuse(facts.secure_version_field, (1 << efuse_secure_version) - 1)
 
-    nvs_keys = NvsKeys.generate()
-    identity = DeviceIdentity(
-        device_id=chip.device_id,
-        device_cert=cert_pem,
-        device_key=key_pem,
-        ca_chain=cert_pem,
-        broker_uri="mqtts://127.0.0.1:8883",
-        recovery_uri="mqtts://127.0.0.1:8884",
-        recovery_secret="s3cret-recovery-value",
-        ota_ca=cert_pem,
-    )
-    entries = identity.entries().items()
-    namespaces = {NVS_NAMESPACE: {k: nvs.NvsValue("string", v) for k, v in entries}}
     dev.write(facts.bootloader_offset, dev.bootloader())
     dev.write(facts.default_partition_table_offset, table.encode())
     dev.write(dev.part("otadata").offset, otadata.blank().encode())
-    dev.write(dev.part("nvs_keys").offset, nvs_keys.encode())
-    nvs_part = dev.part("nvs")
-    dev.write(nvs_part.offset, nvs.write(namespaces, nvs_part.size, nvs_keys), encrypted=False)
+    write_identity(dev, chip.device_id)
     dev.write_app("ota_0", dev.app(app_version, secure_version=secure_version))
     chip.reset()
     return dev

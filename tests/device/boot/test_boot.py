@@ -163,3 +163,25 @@ def test_ota_image_larger_than_the_slot_is_refused(device: Device) -> None:
     with pytest.raises(BootRefused, match="does not fit"):
         fw.write_ota(b"\xe9" * (fw.passive_slot().size + 1))
     assert device.chip.flash.snapshot() == before
+
+
+def test_identity_of_another_device_fails_the_self_test(keys: list[PrivateKey]) -> None:
+    """Development-mode clone: another chip's NVS identity (re-encrypted for this chip by
+    someone holding this chip's key) is not this chip's; the app refuses to run."""
+    from bootkit import write_identity
+
+    dev = make_device("esp32", signing_keys=keys[:1])
+    write_identity(dev, "esp32-24a1600a1b2c")
+    result = boot(dev.chip)
+    assert not result.started and result.stage == "app"
+    assert "esp32-24a1600a1b2c" in (result.reason or "")
+    assert dev.chip.device_id in (result.reason or "")
+
+
+def test_report_carries_the_certificate_expiry(device: Device) -> None:
+    from cryptography import x509
+
+    report = boot(device.chip).app
+    assert report is not None
+    cert = x509.load_pem_x509_certificate(device.cert_pem.encode())
+    assert report.cert_not_after == cert.not_valid_after_utc.isoformat()
