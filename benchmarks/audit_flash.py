@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from espfleet.audit.flash_scan import FlashReport, scan_flash
-from espfleet.audit.secrets_scan import KnownSecret
+from espfleet.audit.known_secrets import KnownSecret
 from espfleet.formats import nvs
 from espfleet.formats.nvs_keys import NvsKeys
 

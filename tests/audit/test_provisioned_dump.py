@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import serialization
 
 from espfleet.audit.findings import Severity
 from espfleet.audit.flash_scan import scan_flash
-from espfleet.audit.secrets_scan import KnownSecret
+from espfleet.audit.known_secrets import KnownSecret
 from espfleet.chips import chip_facts
 from espfleet.cli import main
 from espfleet.formats import flash_encryption, nvs, otadata, partition_table

@@ -17,7 +17,7 @@ from espfleet.audit.efuse_source import read_efuse_file, read_efuse_port
 from espfleet.audit.entropy import BlockClass, EntropyMap, entropy_map
 from espfleet.audit.findings import EfuseFinding, Finding, Severity
 from espfleet.audit.flash_scan import FlashReport, scan_flash
-from espfleet.audit.secrets_scan import KnownSecret
+from espfleet.audit.known_secrets import KnownSecret
 
 __all__ = [
     "BlockClass",

@@ -13,8 +13,9 @@ from typing import Any
 
 from espfleet.audit.entropy import BlockClass, EntropyMap, entropy_map
 from espfleet.audit.findings import Finding, Severity, failing, worst
+from espfleet.audit.known_secrets import KnownSecret, scan_known_secrets
 from espfleet.audit.plaintext_scan import scan_plaintext_structures
-from espfleet.audit.secrets_scan import KnownSecret, scan_known_secrets, scan_secrets
+from espfleet.audit.secrets_scan import scan_secrets
 from espfleet.chips import CHIPS, ChipFacts
 from espfleet.errors import InputError
 

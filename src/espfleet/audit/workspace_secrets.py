@@ -16,7 +16,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
-from espfleet.audit.secrets_scan import KnownSecret
+from espfleet.audit.known_secrets import KnownSecret
 from espfleet.errors import EspfleetError
 from espfleet.formats import nvs
 from espfleet.formats.nvs_keys import NvsKeys

@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from espfleet.audit.findings import EfuseFinding, Finding, Severity
-from espfleet.audit.secrets_scan import KnownSecret
+from espfleet.audit.known_secrets import KnownSecret
 from espfleet.chips import chip_facts, chip_names
 from espfleet.cli._context import get_passphrase
 from espfleet.cli._errors import EXIT_FAILED
