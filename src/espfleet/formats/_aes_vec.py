@@ -113,6 +113,7 @@ _BYTE: Final = 0xFF
 #: Keys per pass: small enough that the working set stays in the CPU caches, large
 #: enough that numpy's per-call cost vanishes.
 _CHUNK: Final = 4096
+_KEY_CHUNK: Final = 16384
 #: Output column c takes row r from input column (c + shift[r]) % 4 (ShiftRows).
 _ENC_SHIFT: Final = (0, 1, 2, 3)
 _DEC_SHIFT: Final = (0, 3, 2, 1)
@@ -130,20 +131,23 @@ def _lookup(tables: _Tables, b: tuple[Words, Words, Words, Words]) -> Words:
 
 
 class _Work:
-    """Every array one chunk needs, allocated once per call.
+    """Every array a call needs, allocated once.
 
     Fresh multi-hundred-kilobyte temporaries per numpy call cost a page fault per
     4 KB, which was the largest cost of a first version; writing into these with
-    ``out=`` keeps the hot loops allocation-free.
+    ``out=`` keeps the hot loops allocation-free. Rounds run on ``round_chunk``
+    keys at a time (their working set stays in the CPU cache); the key schedule on
+    up to ``key_chunk`` keys at a time (its steps are on small arrays, where numpy's
+    per-call cost matters more).
     """
 
-    def __init__(self, keys: int, blocks_per_key: int) -> None:
-        shape = (4, blocks_per_key, keys)
+    def __init__(self, round_chunk: int, blocks_per_key: int, key_chunk: int) -> None:
+        shape = (4, blocks_per_key, round_chunk)
         self.state = np.empty(shape, dtype=np.int64)
         self.bytes = [np.empty(shape, dtype=np.int64) for _ in range(4)]
         self.tmp = np.empty(shape, dtype=np.int64)
-        self.round_keys = np.empty((_ROUNDS + 1, 4, keys), dtype=np.int64)
-        self.packed = np.empty((4 * (_ROUNDS + 1), keys), dtype=np.int64)
+        self.words = np.empty((4 * (_ROUNDS + 1), key_chunk), dtype=np.int64)
+        self.packed = np.empty((4 * (_ROUNDS + 1), key_chunk), dtype=np.int64)
 
     def lookup(self, tables: _Tables, shift: tuple[int, int, int, int]) -> None:
         """One table round in place: state[c] = XOR over rows r of
@@ -162,10 +166,10 @@ class _Work:
             s[: 4 - k] ^= tmp[k:]
             s[4 - k :] ^= tmp[:k]
 
-    def expand_keys(self, key_words: Words) -> None:
-        """FIPS-197 key expansion for AES-256 of every key of the chunk into
-        ``round_keys``; ``key_words`` is (8, N)."""
-        w = self.round_keys.reshape(4 * (_ROUNDS + 1), -1)
+    def expand_keys(self, key_words: Words) -> Words:
+        """FIPS-197 key expansion for AES-256: (8, N) key words -> (15, 4, N) round keys."""
+        count = key_words.shape[1]
+        w = self.words[:, :count]
         w[:_KEY_WORDS] = key_words
         for i in range(_KEY_WORDS, 4 * (_ROUNDS + 1)):
             if i % 4:
@@ -175,17 +179,19 @@ class _Work:
             np.bitwise_xor(w[i - _KEY_WORDS], _lookup(_S, _sub_word_order(i, b)), out=w[i])
             if _rcon(i):
                 w[i] ^= _rcon(i) << 24
+        return w.reshape(_ROUNDS + 1, 4, count)
 
-    def expand_decryption_keys(self, key_words: Words) -> None:
-        """The equivalent inverse cipher's key schedule (FIPS-197 5.3.5) into
-        ``round_keys``: round keys 1..13 through InvMixColumns, 0 and 14 as they are.
+    def expand_decryption_keys(self, key_words: Words) -> Words:
+        """The equivalent inverse cipher's key schedule (FIPS-197 5.3.5): round keys
+        1..13 through InvMixColumns, 0 and 14 as they are, as (15, 4, N).
 
         InvMixColumns is linear, so the mixed words follow the same recurrence as the
         plain ones, with InvMixColumns-of-S-box tables. Both run at once: each int64
         holds the plain word in its low half and the mixed word in its high half
         (XOR keeps the halves apart), one table lookup serving both.
         """
-        packed = self.packed
+        count = key_words.shape[1]
+        packed = self.packed[:, :count]
         for i in range(_KEY_WORDS):
             packed[i] = key_words[i] | (_lookup(_IMC, _bytes_of(key_words[i])) << 32)
         for i in range(_KEY_WORDS, 4 * (_ROUNDS + 1)):
@@ -199,11 +205,12 @@ class _Work:
             rcon = _rcon(i)
             if rcon:
                 packed[i] ^= np.int64(_RCON_PACKED[rcon])
-        mixed = self.round_keys.reshape(4 * (_ROUNDS + 1), -1)
+        mixed = self.words[:, :count]
         np.right_shift(packed, 32, out=mixed)
         mixed &= _LOW_WORD  # undo the sign extension of int64's arithmetic shift
         np.bitwise_and(packed[:4], _LOW_WORD, out=mixed[:4])
         np.bitwise_and(packed[-4:], _LOW_WORD, out=mixed[-4:])
+        return mixed.reshape(_ROUNDS + 1, 4, count)
 
 
 _Bytes = tuple[Words, Words, Words, Words]
@@ -274,22 +281,26 @@ def _run(
     words_in, words_out = blocks.view(">u4"), out.view(">u4")
     if reversed_blocks:
         words_in, words_out = blocks.view("<u4")[:, :, ::-1], out.view("<u4")[:, :, ::-1]
-    work = _Work(size, per_key)
-    for start in range(0, padded, size):
-        part = slice(start, start + size)
+    group = max(1, _KEY_CHUNK // size) * size
+    work = _Work(size, per_key, min(group, padded))
+    for first in range(0, padded, group):
+        key_words = _key_words(keys[first : first + group])
         if decrypt:
-            work.expand_decryption_keys(_key_words(keys[part]))
+            round_keys = work.expand_decryption_keys(key_words)
         else:
-            work.expand_keys(_key_words(keys[part]))
-        # (N, B, 4) words -> (4, B, N): all blocks' column c in one row.
-        work.state[...] = words_in[part].transpose(2, 1, 0)
-        if decrypt:
-            # Equivalent inverse cipher (FIPS-197 5.3.5): round keys in reverse order,
-            # InvMixColumns on every one but the first and the last.
-            _rounds(work, work.round_keys, _TD, _SI, _DEC_SHIFT, reverse=True)
-        else:
-            _rounds(work, work.round_keys, _TE, _S, _ENC_SHIFT, reverse=False)
-        words_out[part] = work.state.transpose(2, 1, 0)
+            round_keys = work.expand_keys(key_words)
+        for start in range(0, key_words.shape[1], size):
+            part = slice(first + start, first + start + size)
+            # (N, B, 4) words -> (4, B, N): all blocks' column c in one row.
+            work.state[...] = words_in[part].transpose(2, 1, 0)
+            chunk_keys = round_keys[:, :, start : start + size]
+            if decrypt:
+                # Equivalent inverse cipher (FIPS-197 5.3.5): round keys in reverse order,
+                # InvMixColumns on every one but the first and the last.
+                _rounds(work, chunk_keys, _TD, _SI, _DEC_SHIFT, reverse=True)
+            else:
+                _rounds(work, chunk_keys, _TE, _S, _ENC_SHIFT, reverse=False)
+            words_out[part] = work.state.transpose(2, 1, 0)
     return out[:count]
 
 
