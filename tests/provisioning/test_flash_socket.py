@@ -146,7 +146,7 @@ def test_crypt_counter_already_odd_over_socket_refused(served: Serve, tmp_path: 
     vchip, url = served("esp32")
     vchip.burn_efuse("FLASH_CRYPT_CNT", 1)
     job, _ = make_job("esp32", os.urandom(32))
-    _refused(url, job, tmp_path, vchip, r"FLASH_CRYPT_CNT is already 0x1 \(odd\)")
+    _refused(url, job, tmp_path, vchip, r"FLASH_CRYPT_CNT is already 0x1 \(an odd number")
 
 
 def test_no_chip_on_port_names_port_and_what_to_check() -> None:

@@ -7,6 +7,7 @@ The eFuse side is the real espefuse over its emulated controller; the flash side
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -24,6 +25,7 @@ from espfleet.provisioning.espefuse_driver import EfuseDriver
 from espfleet.provisioning.esptool_driver import ChipIdentity, ChipSession, MemoryFlash
 from espfleet.provisioning.flash_journal import JOURNAL_NAME, FlashJournal
 from espfleet.provisioning.flasher import FlashImage, FlashJob, execute, inspect_chip
+from espfleet.provisioning.preflight import normalize_mac
 
 MAC = bytes.fromhex("24a1600a1b2c")
 DIGEST = bytes(range(0x80, 0xA0))
@@ -230,7 +232,7 @@ def test_crypt_counter_already_odd_refused(tmp_path: Path) -> None:
     s = session(tmp_path, "esp32")
     counter = [st for st in plan_for("esp32", "development").pre_flash() if "CNT" in st.target]
     s.efuses.burn(counter, {})
-    _refused(tmp_path, job("esp32"), s, r"FLASH_CRYPT_CNT is already 0x1 \(odd\)")
+    _refused(tmp_path, job("esp32"), s, r"FLASH_CRYPT_CNT is already 0x1 \(an odd number")
 
 
 def test_secure_boot_on_with_another_digest_refused(tmp_path: Path) -> None:
@@ -337,3 +339,19 @@ def test_any_interrupted_prefix_resumes_to_the_clean_posture(
     assert [c.done for c in inspection.efuse][: len(burned)] == [True] * len(burned)
     execute(inspection, s, journal(work, j), key_provider=provider)
     assert _posture(s) == expected
+
+
+def test_crypt_counter_spent_by_earlier_plaintext_reflash_refused(tmp_path: Path) -> None:
+    """Counter 0b11 (two bits: encryption turned off again by a plaintext re-flash):
+    development's 0b01 can no longer be reached."""
+    s = session(tmp_path, "esp32s3")
+    s.efuses.burn([dataclasses.replace(plan_for("esp32s3", "development").pre_flash()[1],
+                                       value=3)], {})
+    _refused(tmp_path, job("esp32s3", "development"), s,
+             r"SPI_BOOT_CRYPT_CNT is already 0x3, and eFuse bits cannot be cleared")
+
+
+def test_bad_manifest_mac_is_a_damaged_bundle() -> None:
+    with pytest.raises(FlashError, match="not a MAC address"):
+        normalize_mac("24:a1:60")
+    assert normalize_mac("24-A1-60-0A-1B-2C") == MAC == normalize_mac("24a1600a1b2c")

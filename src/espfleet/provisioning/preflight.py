@@ -88,9 +88,10 @@ def assess_steps(
     counter = state.get(facts.crypt_cnt_field)
     if bin(counter.as_int).count("1") % 2 == 1 and not resuming:
         raise FlashError(
-            f"eFuse {facts.crypt_cnt_field} is already {counter.as_int:#x} (odd): flash "
-            "encryption is already on with a key espfleet did not burn, so this device's "
-            "pre-encrypted images would not decrypt. Use a fresh chip; nothing was changed"
+            f"eFuse {facts.crypt_cnt_field} is already {counter.as_int:#x} (an odd number of "
+            "bits set): flash encryption is already on with a key espfleet did not burn, so "
+            "this device's pre-encrypted images would not decrypt. Use a fresh chip; nothing "
+            "was changed"
         )
     return tuple(_assess(step, state, digest=digest, resuming=resuming) for step in plan.steps)
 
