@@ -28,7 +28,7 @@ from espfleet.provisioning.bundle import (
     write_bundle,
 )
 from espfleet.provisioning.efuse_plan import plan_for
-from espfleet.provisioning.flash_journal import JOURNAL_NAME
+from espfleet.provisioning.flash_journal import JOURNAL_NAME, FlashJournal
 from espfleet.provisioning.vault import DeviceSecrets, Vault
 from espfleet.workspace import Workspace
 
@@ -215,3 +215,14 @@ def test_rerun_on_locked_release_device_explains_journal(
     again = run(DEVICE, "--port", chip[1], "--yes")
     assert again.exit_code == 1
     assert "the journal says" in again.output and "nothing left to do" in again.output
+
+
+def test_second_concurrent_flash_of_same_device_refused(
+    fleet_workspace: Path, chip: tuple[VirtualChip, str]
+) -> None:
+    make_bundle(fleet_workspace)
+    journal = FlashJournal.load(fleet_workspace / "bundles" / DEVICE, DEVICE)
+    with journal.exclusive():
+        result = run(DEVICE, "--port", chip[1], "--yes")
+    assert result.exit_code == 1
+    assert "another `espfleet flash" in result.output

@@ -74,8 +74,25 @@ def flash(
     bundle = load_bundle(bundle_dir)
     job = FlashJob.from_bundle(bundle)
     journal = FlashJournal.load(bundle_dir, device_id)
-    keys = _Keys(workspace, bundle)
+    with journal.exclusive():
+        _flash(obj, workspace, bundle, job, journal, port, dry_run=dry_run, yes=yes,
+               as_json=as_json)
 
+
+def _flash(
+    obj: CliContext,
+    workspace: Workspace,
+    bundle: Bundle,
+    job: FlashJob,
+    journal: FlashJournal,
+    port: str,
+    *,
+    dry_run: bool,
+    yes: bool,
+    as_json: bool,
+) -> None:
+    device_id = job.device_id
+    keys = _Keys(workspace, bundle)
     try:
         session = open_session(port, quiet=not obj.debug)
     except FlashError as error:

@@ -9,7 +9,11 @@ burning *this* device's key into it (a read-protected key cannot be compared).
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -60,6 +64,25 @@ class FlashJournal:
     @property
     def completed(self) -> list[str]:
         return [str(s["step"]) for s in self.data.get("steps", [])]
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold the device's flash lock (an advisory lock on the bundle directory itself,
+        so no file is created): two runs on one device would race the journal and, on
+        two ports, could flash two chips with one identity."""
+        path = self.path.parent
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise FlashError(
+                    f"another `espfleet flash {self.device_id}` is running (it holds {path}): "
+                    "wait for it to finish; nothing was changed"
+                ) from None
+            yield
+        finally:
+            os.close(fd)
 
     def started_burning(self, mac: str) -> bool:
         """True if an earlier run began burning the plan into the chip with ``mac``."""
