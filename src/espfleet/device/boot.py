@@ -215,8 +215,10 @@ def _select_and_load(
     ota_part = otadata_partition(table)
     candidates: list[Partition] = []
     confirmed: Partition | None = None
+    initial = False
     if ota and ota_part is not None:
         index, state = _run_otadata(chip, ota_part, len(ota), security, con)
+        initial = factory is None and state.entries == (None, None)
         if index is not None:
             chosen = ota[index]
             active = state.active()
@@ -226,17 +228,30 @@ def _select_and_load(
             candidates += [*([factory] if factory else []), *ota[index + 1:]]
     if not candidates:
         candidates = [*([factory] if factory else []), *ota]
-        if candidates:
-            con.info("boot", f"Defaulting to {candidates[0].name} partition")
+        con.info("boot", "Defaulting to factory image" if factory else
+                 "No factory image, trying OTA 0")
     for part in candidates:
         loaded = _try_load(chip, part, security, con)
-        if loaded is not None:
-            con.info("boot", f"Loaded app from partition at offset 0x{part.offset:x}")
-            if part == confirmed:
-                update_anti_rollback(chip, loaded[1].secure_version, con)
-            return part, *loaded
+        if loaded is None:
+            continue
+        con.info("boot", f"Loaded app from partition at offset 0x{part.offset:x}")
+        if initial and ota_part is not None and part in ota:
+            _set_actual_ota_seq(chip, ota_part, ota.index(part), security, con)
+        if initial or part == confirmed:
+            update_anti_rollback(chip, loaded[1].secure_version, con)
+        return part, *loaded
     con.error("boot", "No bootable app partitions in the partition table")
     raise _Stop("bootloader", "no bootable app: every app slot was refused (see the log)")
+
+
+def _set_actual_ota_seq(
+    chip: VirtualChip, part: Partition, index: int, security: SecurityState, con: BootConsole
+) -> None:
+    """Erased otadata and no factory app: ESP-IDF records the slot it booted as VALID."""
+    old = read_partition(chip, part, security, otadata.OTADATA_SIZE)
+    entry = otadata.OtaSelectEntry(index + 1, otadata.OtaState.VALID)
+    write_otadata(chip, part, security, old, otadata.blank().with_entry(0, entry).encode())
+    con.info("boot", f"Set actual ota_seq={index + 1} in otadata[0]")
 
 
 def _run_otadata(

@@ -185,3 +185,17 @@ def test_report_carries_the_certificate_expiry(device: Device) -> None:
     assert report is not None
     cert = x509.load_pem_x509_certificate(device.cert_pem.encode())
     assert report.cert_not_after == cert.not_valid_after_utc.isoformat()
+
+
+def test_first_boot_records_the_default_slot_in_otadata(keys: list[PrivateKey]) -> None:
+    """Erased otadata, no factory app: ESP-IDF boots ota_0 and writes ota_seq=1 VALID
+    (and raises the anti-rollback eFuse to the app's secure_version)."""
+    dev = make_device("esp32", signing_keys=keys[:1], secure_version=2)
+    assert dev.otadata() == otadata.blank()
+    result = boot(dev.chip)
+    assert result.started and result.slot == "ota_0"
+    assert "I (" in result.log[-1]
+    assert any("Set actual ota_seq=1 in otadata[0]" in line for line in result.log)
+    entry = dev.otadata().entries[0]
+    assert entry is not None and (entry.seq, entry.state) == (1, otadata.OtaState.VALID)
+    assert security_state(dev.chip).secure_version == 2

@@ -119,6 +119,17 @@ def test_power_cut_while_the_bootloader_marks_pending_verify(
         assert _assert_boots(trial, {"1.0.0", "2.0.0"})
 
 
+def test_power_cut_during_the_first_boot_otadata_write(keys: list[PrivateKey]) -> None:
+    fresh = make_device("esp32", signing_keys=keys[:1])
+    for after in (0, 2048, 4096, 4096 + 16, 4096 + 32, 8191):
+        chip = clone(fresh.chip)
+        chip.flash.arm_power_cut(after)
+        with pytest.raises(PowerCut):
+            boot(chip)
+        chip.flash.disarm_power_cut()
+        assert _assert_boots(chip, {"1.0.0"}) == "1.0.0"
+
+
 def test_completed_update_boots_the_new_image(installed: tuple[Device, bytes]) -> None:
     dev, image = installed
     chip = clone(dev.chip)
