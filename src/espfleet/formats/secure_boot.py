@@ -237,6 +237,15 @@ def sign(image: bytes, private_keys: Sequence[PrivateKey]) -> bytes:
             f"Secure Boot V2 takes 1 to {MAX_BLOCKS} signing keys, got {len(private_keys)}"
         )
     keys = [_checked_private_key(k) for k in private_keys]
+    try:
+        length = signed_length(image)
+    except SigningError:
+        pass
+    else:
+        raise SigningError(
+            f"the image is already signed (signature sector at {length:#x}): sign the "
+            "unsigned build output, or keep the existing signature"
+        )
     content = _pad(image)
     sector = b"".join(_block(key, content) for key in keys)
     return content + _pad(sector)
