@@ -173,3 +173,33 @@ def test_efuse_port_unreachable_is_an_operation_failure() -> None:
     result = run("efuse", "--port", "socket://127.0.0.1:9", "--chip", "esp32")
     assert result.exit_code == 1
     assert "could not read the eFuses of the esp32 on socket://127.0.0.1:9" in result.output
+
+
+def test_fleet_keys_found_by_name(fleet_workspace: Path, tmp_path: Path) -> None:
+    """The issuing CA key and the broker's TLS key compiled into firmware are named."""
+    from cryptography.hazmat.primitives import serialization
+
+    from espfleet.workspace import Workspace
+
+    workspace = Workspace.open(fleet_workspace)
+    passphrase = os.environ["ESPFLEET_PASSPHRASE"].encode()
+    with workspace.ca(passphrase) as ca:
+        ca_der = ca.issuing_key.private_bytes(
+            serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption())
+    broker_pem = workspace.server_key("broker", passphrase).private_bytes(  # type: ignore[attr-defined]
+        serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption())
+    dump = tmp_path / "dump.bin"
+    data = clean_dump(dump)
+    data[0x1000 : 0x1000 + len(ca_der)] = ca_der
+    data[0x4000 : 0x4000 + len(broker_pem)] = broker_pem
+    dump.write_bytes(data)
+    result = run("flash", str(dump), "--workspace", str(fleet_workspace), "--json")
+    assert result.exit_code == 1
+    named = {(f["offset"], f["message"]) for f in json.loads(result.output)["findings"]
+             if f["kind"] == "known-secret"}
+    assert (0x1000, "the workspace's fleet issuing CA key (DER) is readable in plaintext (raw)"
+            ) in named
+    assert (0x4000, "the workspace's fleet broker server TLS key (PEM) is readable in "
+            "plaintext (raw)") in named

@@ -3,7 +3,8 @@
 Per device (from the vault, or from a destroy-policy bundle's sealed secrets until
 they are wiped): the flash-encryption key, the NVS keys (and their two halves), the
 recovery secret, the Wi-Fi password, and the device's TLS private key, read from the
-bundle's encrypted NVS with those NVS keys. Fleet-wide: the secure boot signing key.
+bundle's encrypted NVS with those NVS keys. Fleet-wide: the secure boot signing key,
+the issuing CA key and the broker/OTA server keys.
 A dump that contains any of them, raw or encoded, leaked it.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
@@ -24,6 +26,7 @@ from espfleet.provisioning.bundle import MANIFEST_NAME, load_bundle
 from espfleet.provisioning.identity import NVS_NAMESPACE, NvsKey
 from espfleet.provisioning.vault import DeviceSecrets, Vault
 from espfleet.workspace import Workspace
+from espfleet.workspace.layout import SERVERS
 
 __all__ = ["WorkspaceSecrets", "workspace_secrets"]
 
@@ -41,9 +44,11 @@ def workspace_secrets(
 ) -> WorkspaceSecrets:
     """Collect every secret of ``device_ids`` (default: every device with a bundle or
     vault entry) and the fleet's signing key. Raises PassphraseError on a wrong one."""
-    vault = Vault.open(workspace.vault_dir, passphrase, create=False)
+    found: list[KnownSecret] = list(_fleet_keys(workspace, passphrase))
     ids = list(device_ids) or _known_devices(workspace)
-    found: list[KnownSecret] = list(_signing_key(workspace, passphrase))
+    if not ids:  # nothing provisioned yet: only the fleet's own keys are known
+        return WorkspaceSecrets(tuple(found), ())
+    vault = Vault.open(workspace.vault_dir, passphrase, create=False)
     skipped: list[str] = []
     for device_id in ids:
         bundle_dir = workspace.bundles_dir / device_id
@@ -89,12 +94,19 @@ def _from_device(device_id: str, device: DeviceSecrets) -> Iterator[KnownSecret]
         yield from _secret(f"Wi-Fi password of {device_id}", device.wifi_password.encode())
 
 
-def _private_key_forms(label: str, pem: bytes) -> Iterator[KnownSecret]:
-    yield from _secret(f"{label} (PEM)", pem.strip())
-    key = load_pem_private_key(pem, None, unsafe_skip_rsa_key_validation=True)
+def _key_forms(label: str, key: Any) -> Iterator[KnownSecret]:
+    """A private key as firmware would embed it: PEM or DER, PKCS#8 or traditional."""
     for fmt in (serialization.PrivateFormat.PKCS8, serialization.PrivateFormat.TraditionalOpenSSL):
-        der = key.private_bytes(serialization.Encoding.DER, fmt, serialization.NoEncryption())
-        yield from _secret(f"{label} (DER)", der)
+        for name, encoding in (("PEM", serialization.Encoding.PEM),
+                               ("DER", serialization.Encoding.DER)):
+            blob = key.private_bytes(encoding, fmt, serialization.NoEncryption())
+            yield from _secret(f"{label} ({name})", blob.strip())
+
+
+def _private_key_forms(label: str, pem: bytes) -> Iterator[KnownSecret]:
+    key = load_pem_private_key(pem, None, unsafe_skip_rsa_key_validation=True)
+    yield from _secret(f"{label} (PEM)", pem.strip())
+    yield from _key_forms(label, key)
 
 
 def _device_private_key(
@@ -114,10 +126,11 @@ def _device_private_key(
         yield from _private_key_forms(f"TLS private key of {device_id}", entry.value.encode())
 
 
-def _signing_key(workspace: Workspace, passphrase: bytes) -> Iterator[KnownSecret]:
-    key = workspace.signing_key(passphrase)
-    pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-    yield from _private_key_forms("fleet secure boot signing key", pem)
+def _fleet_keys(workspace: Workspace, passphrase: bytes) -> Iterator[KnownSecret]:
+    """The fleet's own private keys: secure boot signing, issuing CA, server TLS."""
+    yield from _key_forms("fleet secure boot signing key", workspace.signing_key(passphrase))
+    with workspace.ca(passphrase) as ca:
+        yield from _key_forms("fleet issuing CA key", ca.issuing_key)
+    for name in SERVERS:
+        key = workspace.server_key(name, passphrase)
+        yield from _key_forms(f"fleet {name} server TLS key", key)
