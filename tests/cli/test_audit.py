@@ -203,3 +203,14 @@ def test_fleet_keys_found_by_name(fleet_workspace: Path, tmp_path: Path) -> None
             ) in named
     assert (0x4000, "the workspace's fleet broker server TLS key (PEM) is readable in "
             "plaintext (raw)") in named
+
+
+def test_human_output_is_capped_json_is_not(tmp_path: Path) -> None:
+    dump = tmp_path / "dump.bin"
+    data = clean_dump(dump)
+    for n in range(250):
+        data[0x100 * n : 0x100 * n + 22] = b"\x00AKIAIOSFODNN7EXAMPLE\x00"
+    dump.write_bytes(data)
+    human = run("flash", str(dump))
+    assert "... and 50 more findings: use --json for all of them" in human.output
+    assert len(json.loads(run("flash", str(dump), "--json").output)["findings"]) == 250

@@ -37,6 +37,8 @@ _fail_on = click.option(
 )
 _json = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 _chip_choice = click.Choice(list(chip_names()))
+#: Human output lists this many flash findings (ordered by offset); --json has all.
+_HUMAN_LIMIT = 200
 
 
 @click.group(name="audit")
@@ -119,10 +121,13 @@ def flash(dump: Path, chip: str | None, workspace_dir: Path | None, devices: tup
                + (f", {len(known)} workspace secrets searched" if workspace_dir else "") + ")")
     for note in (*report.notes, *skipped):
         click.echo(f"note: {note}")
-    for f in report.findings:
+    for f in report.findings[:_HUMAN_LIMIT]:
         click.echo(f"{_severity(f.severity)} 0x{f.offset:08x} +{f.length:<6} {f.kind}: "
                    f"{f.message}")
         click.echo(f"{'':17}fix: {f.fix}")
+    if len(report.findings) > _HUMAN_LIMIT:
+        click.echo(f"... and {len(report.findings) - _HUMAN_LIMIT} more findings: use --json "
+                   "for all of them")
     click.echo("entropy map, one character per 4 KB block "
                "(# ciphertext-like, P plaintext, - low entropy, . erased):")
     for line in report.entropy.render():
