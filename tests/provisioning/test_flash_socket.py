@@ -183,3 +183,12 @@ def test_port_profile_picks_reset_and_stub_from_port(port: str, before: str, stu
     profile = PortProfile.for_port(port)
     assert (profile.before, profile.use_stub) == (before, stub)
     assert profile.after == ("no-reset" if port.startswith("socket://") else "hard-reset")
+
+
+def test_missing_serial_device_is_one_line_naming_the_port() -> None:
+    with pytest.raises(FlashError) as failure:
+        open_session("/dev/ttyESPFLEET-NONE")
+    message = str(failure.value)
+    assert "\n" not in message
+    assert message.startswith("no chip answered on /dev/ttyESPFLEET-NONE")
+    assert "check the cable and the port name" in message

@@ -84,7 +84,13 @@ class PortProfile:
             "no auto-reset circuit (a chip whose download mode was disabled by a release "
             "flash stays silent for good)"
         )
-        return f"no chip answered on {self.port} ({error}): {hint}; nothing was changed"
+        return f"no chip answered on {self.port} ({_one_line(error)}): {hint}; nothing was changed"
+
+
+def _one_line(error: object) -> str:
+    """esptool's message without its multi-line hint (ours follows)."""
+    text = str(error).split("Hint:")[0]
+    return " ".join(text.split()).rstrip(" .")
 
 
 @dataclass(frozen=True)
@@ -192,7 +198,7 @@ def _wrapped(what: str) -> Iterator[None]:
     try:
         yield
     except (esptool.FatalError, OSError, ValueError) as error:
-        raise FlashError(f"esptool could not {what}: {error}") from error
+        raise FlashError(f"esptool could not {what}: {_one_line(error)}") from error
 
 
 def open_session(
@@ -234,7 +240,8 @@ def open_session(
         except (esptool.FatalError, OSError, ValueError) as error:
             _close_loader(esp, profile)
             raise FlashError(
-                f"the chip on {port} answered but could not be identified ({error}): reset "
+                f"the chip on {port} answered but could not be identified "
+                f"({_one_line(error)}): reset "
                 "it into download mode and try again; nothing was changed"
             ) from error
 
