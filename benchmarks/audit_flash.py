@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from espfleet.audit.flash_scan import FlashReport, scan_flash
-from espfleet.audit.known_secrets import KnownSecret
+from espfleet.audit.known_secrets import KnownSecret, encodings
 from espfleet.formats import nvs
 from espfleet.formats.nvs_keys import NvsKeys
 
@@ -99,6 +99,8 @@ def main() -> int:
 
     t_scan, report = _best(lambda: scan_flash(data), args.repeat)
     t_known, _ = _best(lambda: scan_flash(data, known_secrets=known), args.repeat)
+    needles = [n for secret in known for _, n in encodings(secret.value)]
+    t_find, _ = _best(lambda: [data.find(n) for n in needles], 1)
     with tempfile.TemporaryDirectory() as tmp:
         dump = Path(tmp) / "dump.bin"
         dump.write_bytes(data)
@@ -114,6 +116,7 @@ def main() -> int:
           f"({mb / t_scan:6.1f} MB/s), {len(report.findings)} findings")
     print(f"  + {len(known)} workspace secrets ({args.devices} devices, raw/hex/base64): "
           f"{t_known * 1000:8.1f} ms")
+    print(f"  (the same {len(needles)} needles by one bytes.find each: {t_find * 1000:8.1f} ms)")
     print(f"  seeds' pipeline `{_PIPELINE.format(dump='DUMP')}`: {t_naive * 1000:8.1f} ms, "
           f"{len(lines.splitlines())} lines, no offsets, no severity")
     missed = _missed(report, expected)
