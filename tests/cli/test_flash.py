@@ -226,3 +226,16 @@ def test_second_concurrent_flash_of_same_device_refused(
         result = run(DEVICE, "--port", chip[1], "--yes")
     assert result.exit_code == 1
     assert "another `espfleet flash" in result.output
+
+
+def test_wrong_passphrase_exit_2_before_any_burn(
+    fleet_workspace: Path, chip: tuple[VirtualChip, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    make_bundle(fleet_workspace)
+    vchip, url = chip
+    efuses = vchip.efuse_bytes()
+    monkeypatch.setenv("ESPFLEET_PASSPHRASE", "not the passphrase")
+    result = run(DEVICE, "--port", url, "--yes")
+    assert result.exit_code == 2, result.output
+    assert "passphrase" in result.output
+    assert vchip.efuse_bytes() == efuses

@@ -258,7 +258,8 @@ def test_wrong_key_for_bundle_refused_before_any_burn(tmp_path: Path) -> None:
     with pytest.raises(FlashError, match="not the one its images were encrypted with") as err:
         execute(inspect_chip(j, s, journal(tmp_path, j)), s, journal(tmp_path, j),
                 key_provider=lambda: os.urandom(32))
-    assert "nothing was burned or written" in str(err.value)
+    assert "nothing was burned" in str(err.value)
+    assert json.loads((tmp_path / JOURNAL_NAME).read_text())["status"] == "failed"
     _assert_untouched(tmp_path, s, before)
 
 

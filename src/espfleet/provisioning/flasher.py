@@ -271,6 +271,8 @@ def execute(
         cause = "interrupted (Ctrl-C)" if isinstance(error, KeyboardInterrupt) else error
         message = _failure_report(job.device_id, session.port, done, cause)
         journal.finish("failed", message)
+        if done.stage == "preparation" and isinstance(error, EspfleetError):
+            raise  # nothing happened yet: keep the cause's own type (a bad passphrase: exit 2)
         raise FlashError(message) from error
     journal.finish("flashed")
     return FlashResult(
