@@ -182,6 +182,28 @@ class Firmware:
         )
         return True
 
+    def reject_update(self) -> None:
+        """The running update failed its checks: mark it INVALID so the next reset boots
+        the previous app (``esp_ota_mark_app_invalid_rollback_and_reboot``)."""
+        ota_part = otadata_partition(self.handoff.table)
+        slots = self.chip_slots()
+        security = self.handoff.security
+        if ota_part is None or self.running not in slots:
+            raise DeviceError(f"{self.running.name} is not an OTA slot: there is nothing to "
+                              "roll back to")
+        raw = read_partition(self.chip, ota_part, security, otadata.OTADATA_SIZE)
+        state = otadata.decode(raw)
+        active = state.active()
+        if active is None or active.slot(len(slots)) != slots.index(self.running):
+            raise DeviceError(f"otadata does not select {self.running.name}: nothing to reject")
+        if active.state == otadata.OtaState.VALID:
+            raise DeviceError(f"{self.running.name} was already confirmed valid: ship a new "
+                              "update instead of rolling back")
+        rejected = otadata.set_state(state, otadata.OtaState.INVALID)
+        write_otadata(self.chip, ota_part, security, raw, rejected.encode())
+        self.handoff.console.error("esp_ota_ops", f"{self.running.name} marked invalid: "
+                                                  "rolling back on the next reset")
+
     # -- OTA -------------------------------------------------------------------------
 
     def passive_slot(self) -> Partition:

@@ -199,3 +199,39 @@ def test_first_boot_records_the_default_slot_in_otadata(keys: list[PrivateKey]) 
     entry = dev.otadata().entries[0]
     assert entry is not None and (entry.seq, entry.state) == (1, otadata.OtaState.VALID)
     assert security_state(dev.chip).secure_version == 2
+
+
+def test_application_hand_off_is_replaceable(device: Device) -> None:
+    """The bootloader hands any Application the chip, table, booted slot and image."""
+    seen: list[HandOff] = []
+
+    def agent(handoff: HandOff) -> AppReport:
+        seen.append(handoff)
+        raise DeviceError("agent stops here")
+
+    result = boot(device.chip, agent)
+    assert result.stage == "app" and result.slot == "ota_0"
+    (handoff,) = seen
+    assert handoff.partition == device.part("ota_0")
+    assert handoff.app_desc.version == "1.0.0"
+    assert handoff.security.flash_encryption and handoff.security.secure_boot
+    assert handoff.chip is device.chip
+
+
+def test_rejected_update_rolls_back_on_next_reset(device: Device) -> None:
+    from espfleet.device.firmware import Firmware
+
+    running_app(device.chip).write_ota(device.app("2.0.0", secure_version=1))
+
+    def failing_self_test(handoff: HandOff) -> AppReport:
+        Firmware(handoff).reject_update()
+        raise DeviceError("self-test failed: rebooting")
+
+    assert boot(device.chip, failing_self_test).slot == "ota_1"
+    result = boot(device.chip)
+    assert result.started and result.slot == "ota_0", result.log
+    states = {e.slot(2): e.state for e in device.otadata().entries if e is not None}
+    assert states[1] == otadata.OtaState.INVALID
+    assert security_state(device.chip).secure_version == 0
+    with pytest.raises(DeviceError, match="already confirmed"):
+        running_app(device.chip).reject_update()
