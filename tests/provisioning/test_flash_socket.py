@@ -192,3 +192,39 @@ def test_missing_serial_device_is_one_line_naming_the_port() -> None:
     assert "\n" not in message
     assert message.startswith("no chip answered on /dev/ttyESPFLEET-NONE")
     assert "check the cable and the port name" in message
+
+
+def test_connection_lost_before_download_lock_resumes_over_socket(
+    served: Serve, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hardening burned, then the link dropped before the download lock: the re-run
+    (a new connection = a reset) finds everything but the lock done and burns only it."""
+    key = os.urandom(32)
+    vchip, url = served("esp32")
+    job, plain = make_job("esp32", key)
+    session = open_session(url)
+    real_burn = session.efuses.burn
+
+    def burn_until_lock(steps, material):  # type: ignore[no-untyped-def]
+        if any(s.target == "UART_DOWNLOAD_DIS" for s in steps):
+            raise FlashError("serial link lost")
+        real_burn(steps, material)
+
+    monkeypatch.setattr(session.efuses, "burn", burn_until_lock)
+    journal = FlashJournal.load(tmp_path, job.device_id)
+    with pytest.raises(FlashError, match=r"stopped during post_flash.*Re-run"):
+        execute(inspect_chip(job, session, journal), session, journal, key_provider=lambda: key)
+    session.close()
+
+    again = open_session(url)
+    try:
+        inspection = inspect_chip(job, again, FlashJournal.load(tmp_path, job.device_id))
+        todo = [c.step.describe() for c in inspection.efuse if not c.done]
+        assert todo == ["burn_efuse UART_DOWNLOAD_DIS=0x1", "write_protect_efuse FLASH_CRYPT_CNT"]
+        assert all(i.done for i in inspection.images)
+        result = execute(inspection, again, FlashJournal.load(tmp_path, job.device_id),
+                         key_provider=lambda: pytest.fail("key asked again"))
+    finally:
+        again.close()
+    assert result.images_written == () and len(result.locks_burned) == 2
+    assert vchip.read_decrypted(0x20000, len(plain[0x20000])) == plain[0x20000]
