@@ -124,6 +124,30 @@ def test_destroy_policy_seals_secrets_into_the_bundle_not_the_vault(
         "hashlib").sha256(secrets.flash_encryption_key).hexdigest()
 
 
+def test_esp_idf_build_dir_with_espressif_sbv2_bootloader_and_moved_table(
+    fleet_workspace: Path, fw: dict[str, Path], tmp_path: Path, vectors: Path
+) -> None:
+    from espfleet.formats.partition_table import default_secure_table
+
+    build = tmp_path / "build"
+    build.mkdir()
+    (build / "app.bin").write_bytes(fw["app"].read_bytes())
+    (build / "bootloader.bin").write_bytes((vectors / "bootloader_unsigned_v2.bin").read_bytes())
+    (build / "pt.bin").write_bytes(default_secure_table(0x400000, 0xF000).encode())
+    (build / "flasher_args.json").write_text(json.dumps({
+        "app": {"offset": "0x20000", "file": "app.bin"},
+        "bootloader": {"offset": "0x1000", "file": "bootloader.bin"},
+        "partition-table": {"offset": "0xf000", "file": "pt.bin"},
+        "flash_settings": {"flash_size": "4MB"},
+        "extra_esptool_args": {"chip": "esp32"},
+    }))
+    result = _provision("--device-id", "esp32-24a1600a1b2c", "--firmware", build)
+    assert result.exit_code == 0, result.output
+    bundle = load_bundle(fleet_workspace / "bundles" / "esp32-24a1600a1b2c")
+    assert bundle.manifest.artifact("partition_table").offset == 0xF000
+    assert bundle.manifest.artifact("bootloader").size == 0x9000  # 32 KB + signature sector
+
+
 # --- bad input: a clear message, exit 2, nothing written ------------------------------
 
 
