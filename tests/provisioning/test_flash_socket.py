@@ -80,6 +80,7 @@ def flash(url: str, job: FlashJob, tmp_path: Path, key: bytes) -> None:
         session.close()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("chip", ["esp32", "esp32s3", "esp32c3"])
 def test_release_flash_over_socket_decrypts_on_chip_and_locks_download(
     served, tmp_path: Path, chip: str

@@ -298,6 +298,7 @@ def _clean_run_posture(tmp_path: Path, chip: str, j: FlashJob) -> dict[str, obje
     return _CLEAN[chip, j.plan.mode]
 
 
+@pytest.mark.slow
 @settings(
     max_examples=4,
     deadline=None,
