@@ -104,3 +104,18 @@ def test_missing_key_material_refuses_before_burning(tmp_path: Path) -> None:
     with pytest.raises(FlashError, match="no flash_encryption_key"):
         driver.burn(plan.pre_flash(), {"secure_boot_digest": DIGEST})
     assert path.read_bytes() == before
+
+
+def test_esp32s3_xts_aes_256_key_spans_two_blocks_and_reassesses_done(tmp_path: Path) -> None:
+    plan = plan_for("esp32s3", "release", fe_key_len=64)
+    path = _fresh(tmp_path, "esp32s3")
+    driver = EfuseDriver.virtual("esp32s3", path)
+    driver.burn(plan.pre_flash(), {"flash_encryption_key": os.urandom(64),
+                                   "secure_boot_digest": DIGEST})
+    s = _summary("esp32s3", path, tmp_path)
+    assert s["KEY_PURPOSE_0"]["value"] == "XTS_AES_256_KEY_1"
+    assert s["KEY_PURPOSE_1"]["value"] == "XTS_AES_256_KEY_2"
+    assert s["KEY_PURPOSE_2"]["value"] == "SECURE_BOOT_DIGEST0"
+    state = EfuseDriver.virtual("esp32s3", path).read_state()
+    checks = assess_steps(plan, state, digest=DIGEST, resuming=True)
+    assert all(c.done for c in checks if c.step.phase == "pre_flash")
