@@ -14,7 +14,7 @@ import pytest
 
 from espfleet.chips import chip_facts
 from espfleet.errors import FlashError
-from espfleet.provisioning.efuse_plan import plan_for
+from espfleet.provisioning.efuse_plan import EfuseStep, plan_for
 from espfleet.provisioning.espefuse_driver import EfuseDriver
 from espfleet.provisioning.preflight import assess_steps
 
@@ -119,3 +119,14 @@ def test_esp32s3_xts_aes_256_key_spans_two_blocks_and_reassesses_done(tmp_path: 
     state = EfuseDriver.virtual("esp32s3", path).read_state()
     checks = assess_steps(plan, state, digest=DIGEST, resuming=True)
     assert all(c.done for c in checks if c.step.phase == "pre_flash")
+
+
+def test_esp32s3_xts_aes_256_refused_when_second_key_block_used(tmp_path: Path) -> None:
+    path = _fresh(tmp_path, "esp32s3")
+    driver = EfuseDriver.virtual("esp32s3", path)
+    foreign = EfuseStep("pre_flash", "burn_key", "BLOCK_KEY1", purpose="XTS_AES_128_KEY",
+                        source="flash_encryption_key")
+    driver.burn([foreign], {"flash_encryption_key": os.urandom(32)})
+    plan = plan_for("esp32s3", "release", fe_key_len=64)
+    with pytest.raises(FlashError, match="BLOCK_KEY1 is already used: the XTS-AES-256 key"):
+        assess_steps(plan, driver.read_state(), digest=DIGEST, resuming=False)

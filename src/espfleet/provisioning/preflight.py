@@ -93,7 +93,11 @@ def assess_steps(
             "this device's pre-encrypted images would not decrypt. Use a fresh chip; nothing "
             "was changed"
         )
-    return tuple(_assess(step, state, digest=digest, resuming=resuming) for step in plan.steps)
+    checks = tuple(_assess(step, state, digest=digest, resuming=resuming) for step in plan.steps)
+    for check in checks:
+        if not check.done and check.step.purpose == facts.fe_key_purpose.get(64):
+            _check_second_key_block(check.step, state, facts.fe_key_blocks)
+    return checks
 
 
 def pending(checks: Sequence[StepCheck], phase: str) -> tuple[EfuseStep, ...]:
@@ -145,10 +149,29 @@ def _assess_field(step: EfuseStep, state: EfuseState) -> StepCheck:
     return StepCheck(step, done=False)
 
 
+def _purpose_used(state: EfuseState, block: str) -> tuple[str | None, bool]:
+    purpose = state.purpose_of(block)
+    return purpose, purpose is not None and purpose not in _FREE_PURPOSES
+
+
+def _check_second_key_block(step: EfuseStep, state: EfuseState, blocks: Sequence[str]) -> None:
+    """A 64-byte XTS-AES-256 key takes the plan's block and the next one (espefuse's
+    choice); that one must be free too, or the key and the digest would collide."""
+    index = blocks.index(step.target) if step.target in blocks else -1
+    if 0 <= index < len(blocks) - 1:
+        second = blocks[index + 1]
+        field = state.get(second)
+        _, used = _purpose_used(state, second)
+        if used or not field.is_blank or not field.readable or not field.writeable:
+            raise FlashError(
+                f"key block {second} is already used: the XTS-AES-256 key needs {step.target} "
+                f"and {second} blank. Use a fresh chip; nothing was changed"
+            )
+
+
 def _assess_key(step: EfuseStep, state: EfuseState, *, digest: bytes, resuming: bool) -> StepCheck:
     block = state.get(step.target)
-    purpose = state.purpose_of(step.target)
-    purpose_used = purpose is not None and purpose not in _FREE_PURPOSES
+    purpose, purpose_used = _purpose_used(state, step.target)
     ours_purpose = purpose is None or purpose.startswith(step.purpose or "")
     if step.action == "burn_key_digest":
         if block.readable and block.raw == digest and ours_purpose:
