@@ -43,8 +43,14 @@ class Device:
                 KnownSecret("recovery secret", RECOVERY.encode())]
 
 
-def build_device(kit: Any, vectors: Path, *, encrypted: bool, app_payload: bytes = b"") -> Device:
-    """A 4 MB read-out of an ESP32 after flashing the images provisioning makes."""
+def build_device(kit: Any, vectors: Path, *, encrypted: bool, app_payload: bytes = b"",
+                 nvs_encrypted: bool | None = None) -> Device:
+    """A 4 MB read-out of an ESP32 after flashing the images provisioning makes.
+
+    ``encrypted``: flash encryption; ``nvs_encrypted`` (default: the same): NVS
+    encryption with the nvs_keys partition.
+    """
+    nvs_encrypted = encrypted if nvs_encrypted is None else nvs_encrypted
     cert, key = kit.make_cert()
     cert_pem = cert.public_bytes(serialization.Encoding.PEM)
     key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
@@ -57,7 +63,7 @@ def build_device(kit: Any, vectors: Path, *, encrypted: bool, app_payload: bytes
     nvs_part = table.by_type("data", "nvs")[0]
     nvs_image = nvs.write(
         {"espfleet": {k: nvs.NvsValue("string", v) for k, v in identity.items()}},
-        nvs_part.size, nvs_keys if encrypted else None,
+        nvs_part.size, nvs_keys if nvs_encrypted else None,
     )
     app = (vectors / "hello-world-signed.bin").read_bytes()
     if app_payload:
@@ -102,6 +108,21 @@ def test_flash_readout_of_unencrypted_device_leaks_its_workspace_secrets(
     kinds = {f.kind for f in report.failing(Severity.HIGH)}
     assert {"plaintext-bootloader", "plaintext-partition-table", "plaintext-app",
             "plaintext-nvs", "nvs-secret", "pem-private-key"} <= kinds
+
+
+def test_plaintext_nvs_keys_decrypt_the_encrypted_identity(kit: Any, vectors: Path) -> None:
+    """Encrypted NVS but flash encryption off: the nvs_keys partition lies in plaintext
+    next to it, and the audit opens the NVS as an attacker would."""
+    device = build_device(kit, vectors, encrypted=False, nvs_encrypted=True)
+    report = scan_flash(device.dump, chip=chip_facts("esp32"))
+    by_kind = {f.kind: f for f in report.findings}
+    assert by_kind["plaintext-nvs-keys"].offset == 0x1C000
+    assert device.nvs_keys.fingerprint() in by_kind["plaintext-nvs-keys"].message
+    decrypted = by_kind["nvs-decrypted"]
+    assert decrypted.offset == 0x9000 and decrypted.severity == Severity.CRITICAL
+    assert ("secrets: espfleet/device_key, espfleet/recovery_secret, espfleet/wifi_pass"
+            in decrypted.message)
+    assert "plaintext-nvs" not in by_kind  # the entries themselves are ciphertext
 
 
 def test_seed_style_device_with_secrets_in_the_app_fails_loudly(

@@ -1,34 +1,26 @@
 """On-flash structures that are readable only when flash encryption is off.
 
-A partition table, a bootloader or app image header, or an NVS entry with a valid
-CRC cannot survive encryption: finding one in a read-out proves the region is
-plaintext. NVS is special: its page headers stay plaintext even with encrypted NVS,
-so an NVS page counts as readable only when its *entries* check out.
+A partition table or a bootloader or app image header cannot survive encryption:
+finding one in a read-out proves the region is plaintext. NVS has its own rules
+(:mod:`espfleet.audit.nvs_scan`).
 """
 
 from __future__ import annotations
 
-import re
 import struct
-import zlib
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 
 from espfleet.audit.findings import Finding, Severity
-from espfleet.audit.secrets_scan import redact
+from espfleet.audit.nvs_scan import scan_nvs
 from espfleet.chips import CHIPS
 from espfleet.errors import FormatError
-from espfleet.formats import app_image, nvs, partition_table
+from espfleet.formats import app_image, partition_table
 
-__all__ = ["NvsEntry", "nvs_entries", "scan_plaintext_structures"]
+__all__ = ["scan_plaintext_structures"]
 
 _FIX_FLASH_ENCRYPTION = (
     "flash encryption is off for this region: provision the device in release mode "
     "(espfleet provision + espfleet flash) so every partition except nvs is encrypted"
-)
-_FIX_NVS = (
-    "use encrypted NVS (an nvs_keys partition, itself flash-encrypted): espfleet provision "
-    "builds it; move every credential into it"
 )
 
 PAGE = 4096
@@ -50,25 +42,13 @@ def _image_chip_ids() -> frozenset[int]:
 
 _KNOWN_CHIP_IDS = _image_chip_ids()
 
-_NVS_ACTIVE_STATES = {0xFFFFFFFE, 0xFFFFFFFC, 0xFFFFFFF8}
-_NVS_ENTRIES = 126
-_NVS_STRING, _NVS_BLOB_DATA, _NVS_BLOB_INDEX = 0x21, 0x42, 0x48
-_NVS_TYPES = {0x01, 0x11, 0x02, 0x12, 0x04, 0x14, 0x08, 0x18, 0x21, 0x41, 0x42, 0x48}
-_SECRET_KEY_NAME = re.compile(
-    rb"(?i)pass|pswd|pwd|psk|secret|token|priv|key|recovery|cred|auth"
-)
-
-
-def _crc(data: bytes) -> int:
-    return zlib.crc32(data, 0xFFFFFFFF) & 0xFFFFFFFF
-
 
 def scan_plaintext_structures(data: bytes, bootloader_offsets: Sequence[int]) -> list[Finding]:
     """Partition tables, image headers and readable NVS pages in ``data``."""
     return [
         *_partition_tables(data),
         *_images(data, bootloader_offsets),
-        *_nvs(data),
+        *scan_nvs(data),
     ]
 
 
@@ -163,109 +143,3 @@ def _images(data: bytes, bootloader_offsets: Sequence[int]) -> Iterator[Finding]
             "disassembled",
             _FIX_FLASH_ENCRYPTION,
         )
-
-
-@dataclass(frozen=True)
-class NvsEntry:
-    """One plaintext NVS entry whose CRC checks out, with its value if it has one."""
-
-    offset: int
-    namespace: int
-    type: int
-    key: str
-    value: bytes
-
-    @property
-    def looks_secret(self) -> bool:
-        return bool(_SECRET_KEY_NAME.search(self.key.encode()))
-
-
-def _nvs_page_ok(data: bytes, offset: int) -> bool:
-    state, stored_crc = struct.unpack_from("<I24xI", data, offset)
-    return state in _NVS_ACTIVE_STATES and stored_crc == _crc(data[offset + 4 : offset + 28])
-
-
-def nvs_entries(data: bytes, page: int) -> list[NvsEntry]:
-    """The written entries of the NVS page at ``page`` whose entry CRC is valid.
-
-    Encrypted NVS keeps its page header plaintext but encrypts each entry, so none of
-    its entries pass; a plaintext NVS page gives its keys and values away.
-    """
-    bitmap = data[page + 32 : page + 64]
-    entries: list[NvsEntry] = []
-    index = 0
-    while index < _NVS_ENTRIES:
-        state = (bitmap[index // 4] >> ((index % 4) * 2)) & 3
-        base = page + 64 + 32 * index
-        raw = data[base : base + 32]
-        if state != 2 or len(raw) < 32:
-            index += 1
-            continue
-        ns, etype, span = raw[0], raw[1], raw[2]
-        crc_ok = struct.unpack_from("<I", raw, 4)[0] == _crc(raw[0:4] + raw[8:32])
-        if not crc_ok or etype not in _NVS_TYPES or not 1 <= span <= _NVS_ENTRIES - index:
-            index += 1
-            continue
-        key = raw[8:24].split(b"\x00")[0].decode("ascii", "replace")
-        value = raw[24:32]
-        if etype in (_NVS_STRING, _NVS_BLOB_DATA):
-            size = struct.unpack_from("<H", raw, 24)[0]
-            value = data[base + 32 : base + 32 + min(size, 32 * (span - 1))]
-        entries.append(NvsEntry(base, ns, etype, key, value))
-        index += span
-    return entries
-
-
-def _strict_read(region: bytes) -> str:
-    """What espfleet's strict NVS reader makes of the region, for the report."""
-    try:
-        namespaces = nvs.read(region)
-    except FormatError as error:
-        return f"the strict reader stops: {error}"
-    return "namespaces: " + ", ".join(
-        f"{name} ({len(keys)} keys)" for name, keys in namespaces.items()
-    )
-
-
-def _nvs(data: bytes) -> Iterator[Finding]:
-    region_start: int | None = None
-    region_entries: list[NvsEntry] = []
-
-    def close(end: int) -> Iterator[Finding]:
-        assert region_start is not None
-        secrets = [e for e in region_entries if e.looks_secret and e.type != _NVS_BLOB_INDEX]
-        yield Finding(
-            Severity.HIGH,
-            "plaintext-nvs",
-            region_start,
-            end - region_start,
-            f"NVS readable without keys: {len(region_entries)} entries in plaintext"
-            + (f", {len(secrets)} of them look secret" if secrets else "")
-            + f" ({_strict_read(data[region_start:end])})",
-            _FIX_NVS,
-        )
-        for entry in secrets:
-            yield Finding(
-                Severity.CRITICAL,
-                "nvs-secret",
-                entry.offset,
-                32 + len(entry.value),
-                f"plaintext NVS entry {entry.key!r} (type 0x{entry.type:02x}, "
-                f"{len(entry.value)} bytes) holds what its name says is a secret"
-                + (f": {redact(entry.value.rstrip(bytes(1)))}"
-                   if entry.type == _NVS_STRING else ""),
-                _FIX_NVS,
-            )
-
-    offset = 0
-    for offset in range(0, len(data) - PAGE + 1, PAGE):
-        readable = _nvs_page_ok(data, offset) and nvs_entries(data, offset)
-        if readable:
-            if region_start is None:
-                region_start, region_entries = offset, []
-            region_entries.extend(readable)
-        elif region_start is not None and not _nvs_page_ok(data, offset):
-            yield from close(offset)
-            region_start = None
-    if region_start is not None:
-        yield from close(offset + PAGE)
