@@ -16,12 +16,13 @@ mode, no padding. :mod:`espfleet.formats.flash_encryption` is the user of it.
 
 from __future__ import annotations
 
+import sys
 from typing import Final
 
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["aes256_decrypt_blocks", "aes256_encrypt_blocks"]
+__all__ = ["aes256_decrypt_blocks", "aes256_encrypt_blocks", "key_words"]
 
 Words = npt.NDArray[np.int64]
 
@@ -103,6 +104,23 @@ _S_AND_IMC_S: Final[_Tables] = (
     _S[3] | (np.take(_IMC[3], _SBOX) << 32),
 )
 _LOW_WORD: Final = 0xFFFFFFFF
+#: The rounds run on uint32 words (half the memory traffic of int64) and gather
+#: with each byte plane of the state as the index, straight from a uint8 view.
+Words32 = npt.NDArray[np.uint32]
+_Tables32 = tuple[Words32, Words32, Words32, Words32]
+
+
+def _as32(tables: _Tables) -> _Tables32:
+    return (tables[0].astype(np.uint32), tables[1].astype(np.uint32),
+            tables[2].astype(np.uint32), tables[3].astype(np.uint32))
+
+
+_TE32: Final = _as32(_TE)
+_TD32: Final = _as32(_TD)
+_S32: Final = _as32(_S)
+_SI32: Final = _as32(_SI)
+#: Index of row r's byte (row 0 = most significant) in a uint32's memory.
+_ROW_BYTE: Final = (3, 2, 1, 0) if sys.byteorder == "little" else (0, 1, 2, 3)
 _RCON: Final = (0x01, 0x02, 0x04, 0x08, 0x10, 0x20, 0x40)
 #: Rcon and InvMixColumns(Rcon) packed like the decryption key words, as signed int64.
 _RCON_PACKED: Final = {
@@ -112,8 +130,8 @@ _RCON_PACKED: Final = {
 _BYTE: Final = 0xFF
 #: Keys per pass: small enough that the working set stays in the CPU caches, large
 #: enough that numpy's per-call cost vanishes.
-_CHUNK: Final = 4096
-_KEY_CHUNK: Final = 16384
+_CHUNK: Final = 8192
+_KEY_CHUNK: Final = 8192
 #: Output column c takes row r from input column (c + shift[r]) % 4 (ShiftRows).
 _ENC_SHIFT: Final = (0, 1, 2, 3)
 _DEC_SHIFT: Final = (0, 3, 2, 1)
@@ -143,28 +161,25 @@ class _Work:
 
     def __init__(self, round_chunk: int, blocks_per_key: int, key_chunk: int) -> None:
         shape = (4, blocks_per_key, round_chunk)
-        self.state = np.empty(shape, dtype=np.int64)
-        self.bytes = [np.empty(shape, dtype=np.int64) for _ in range(4)]
-        self.tmp = np.empty(shape, dtype=np.int64)
+        self.state = np.empty(shape, dtype=np.uint32)
+        self.spare = np.empty(shape, dtype=np.uint32)
+        self.tmp = np.empty(shape, dtype=np.uint32)
         self.words = np.empty((4 * (_ROUNDS + 1), key_chunk), dtype=np.int64)
         self.packed = np.empty((4 * (_ROUNDS + 1), key_chunk), dtype=np.int64)
+        self.round_keys = np.empty((_ROUNDS + 1, 4, key_chunk), dtype=np.uint32)
 
-    def lookup(self, tables: _Tables, shift: tuple[int, int, int, int]) -> None:
-        """One table round in place: state[c] = XOR over rows r of
+    def lookup(self, tables: _Tables32, shift: tuple[int, int, int, int]) -> None:
+        """One table round: state[c] = XOR over rows r of
         tables[r][byte r of state[(c + shift[r]) % 4]]."""
-        s, (b0, b1, b2, b3), tmp = self.state, self.bytes, self.tmp
-        np.right_shift(s, 24, out=b0)
-        np.right_shift(s, 16, out=b1)
-        b1 &= _BYTE
-        np.right_shift(s, 8, out=b2)
-        b2 &= _BYTE
-        np.bitwise_and(s, _BYTE, out=b3)
-        np.take(tables[0], b0, out=s, mode="clip")
-        for row, b in ((1, b1), (2, b2), (3, b3)):
-            np.take(tables[row], b, out=tmp, mode="clip")
+        source, result, tmp = self.state, self.spare, self.tmp
+        planes = source.view(np.uint8).reshape(*source.shape, 4)
+        np.take(tables[0], planes[..., _ROW_BYTE[0]], out=result, mode="clip")
+        for row in (1, 2, 3):
+            np.take(tables[row], planes[..., _ROW_BYTE[row]], out=tmp, mode="clip")
             k = shift[row]
-            s[: 4 - k] ^= tmp[k:]
-            s[4 - k :] ^= tmp[:k]
+            result[: 4 - k] ^= tmp[k:]
+            result[4 - k :] ^= tmp[:k]
+        self.state, self.spare = result, source
 
     def expand_keys(self, key_words: Words) -> Words:
         """FIPS-197 key expansion for AES-256: (8, N) key words -> (15, 4, N) round keys."""
@@ -225,16 +240,17 @@ def _rcon(i: int) -> int:
     return _RCON[i // _KEY_WORDS - 1] if i % _KEY_WORDS == 0 else 0
 
 
-def _key_words(keys: npt.NDArray[np.uint8]) -> Words:
-    """(N, 32) key bytes -> (8, N) big-endian words."""
-    return np.ascontiguousarray(keys.view(">u4").T, dtype=np.int64)
+def key_words(keys: npt.NDArray[np.uint8]) -> Words:
+    """(N, 32) key bytes -> (N, 8) AES key words (big-endian 32-bit values in int64),
+    the form the functions below also accept directly."""
+    return keys.view(">u4").astype(np.int64)
 
 
 def _rounds(
     work: _Work,
-    round_keys: Words,
-    tables: _Tables,
-    last: _Tables,
+    round_keys: Words32,
+    tables: _Tables32,
+    last: _Tables32,
     shift: tuple[int, int, int, int],
     reverse: bool,
 ) -> None:
@@ -244,8 +260,8 @@ def _rounds(
     ``reverse``: all four columns of every block go through each table in one call.
     """
 
-    def key(r: int) -> Words:
-        selected: Words = round_keys[_ROUNDS - r if reverse else r]
+    def key(r: int) -> Words32:
+        selected: Words32 = round_keys[_ROUNDS - r if reverse else r]
         return selected[:, None, :]
 
     work.state ^= key(0)
@@ -254,26 +270,30 @@ def _rounds(
         work.state ^= key(r)
 
 
-def _run(
-    blocks: npt.NDArray[np.uint8],
-    keys: npt.NDArray[np.uint8],
-    decrypt: bool,
-    reversed_blocks: bool,
-) -> npt.NDArray[np.uint8]:
-    if keys.ndim != 2 or keys.shape[1] != 32:
-        raise ValueError(f"keys must have shape (N, 32), not {keys.shape}")
-    if blocks.ndim != 3 or blocks.shape[0] != keys.shape[0] or blocks.shape[2] != 16:
-        raise ValueError(f"blocks must have shape ({keys.shape[0]}, B, 16), not {blocks.shape}")
-    count, per_key = keys.shape[0], blocks.shape[1]
+Keys = npt.NDArray[np.uint8] | Words
+
+
+def _run(blocks: npt.NDArray[np.uint8], keys: Keys, decrypt: bool, reversed_blocks: bool
+         ) -> npt.NDArray[np.uint8]:
+    words: Words
+    if keys.dtype == np.uint8 and keys.ndim == 2 and keys.shape[1] == 32:
+        words = key_words(keys.astype(np.uint8, copy=False))
+    elif keys.dtype == np.int64 and keys.ndim == 2 and keys.shape[1] == _KEY_WORDS:
+        words = keys.astype(np.int64, copy=False)
+    else:
+        raise ValueError(f"keys must be (N, 32) uint8 or (N, 8) int64 words, not {keys.shape}")
+    if blocks.ndim != 3 or blocks.shape[0] != words.shape[0] or blocks.shape[2] != 16:
+        raise ValueError(f"blocks must have shape ({words.shape[0]}, B, 16), not {blocks.shape}")
+    count, per_key = words.shape[0], blocks.shape[1]
     if count == 0 or per_key == 0:
         return np.empty_like(blocks)
     # Equal chunks, the last one padded: every array keeps one shape for the whole call.
     chunks = -(-count // _CHUNK)
     size = -(-count // chunks)
     padded = chunks * size
-    keys, blocks = np.ascontiguousarray(keys), np.ascontiguousarray(blocks)
+    blocks = np.ascontiguousarray(blocks)
     if padded > count:
-        keys = np.concatenate([keys, np.zeros((padded - count, 32), np.uint8)])
+        words = np.concatenate([words, np.zeros((padded - count, _KEY_WORDS), np.int64)])
         blocks = np.concatenate([blocks, np.zeros((padded - count, per_key, 16), np.uint8)])
     out = np.empty_like(blocks)
     # A byte-reversed block read as big-endian words is the block read as
@@ -284,12 +304,11 @@ def _run(
     group = max(1, _KEY_CHUNK // size) * size
     work = _Work(size, per_key, min(group, padded))
     for first in range(0, padded, group):
-        key_words = _key_words(keys[first : first + group])
-        if decrypt:
-            round_keys = work.expand_decryption_keys(key_words)
-        else:
-            round_keys = work.expand_keys(key_words)
-        for start in range(0, key_words.shape[1], size):
+        group_words: Words = np.ascontiguousarray(words[first : first + group].T)
+        expand = work.expand_decryption_keys if decrypt else work.expand_keys
+        round_keys = work.round_keys[:, :, : group_words.shape[1]]
+        round_keys[...] = expand(group_words)
+        for start in range(0, group_words.shape[1], size):
             part = slice(first + start, first + start + size)
             # (N, B, 4) words -> (4, B, N): all blocks' column c in one row.
             work.state[...] = words_in[part].transpose(2, 1, 0)
@@ -297,17 +316,18 @@ def _run(
             if decrypt:
                 # Equivalent inverse cipher (FIPS-197 5.3.5): round keys in reverse order,
                 # InvMixColumns on every one but the first and the last.
-                _rounds(work, chunk_keys, _TD, _SI, _DEC_SHIFT, reverse=True)
+                _rounds(work, chunk_keys, _TD32, _SI32, _DEC_SHIFT, reverse=True)
             else:
-                _rounds(work, chunk_keys, _TE, _S, _ENC_SHIFT, reverse=False)
+                _rounds(work, chunk_keys, _TE32, _S32, _ENC_SHIFT, reverse=False)
             words_out[part] = work.state.transpose(2, 1, 0)
     return out[:count]
 
 
 def aes256_encrypt_blocks(
-    blocks: npt.NDArray[np.uint8], keys: npt.NDArray[np.uint8], *, reversed_blocks: bool = False
+    blocks: npt.NDArray[np.uint8], keys: Keys, *, reversed_blocks: bool = False
 ) -> npt.NDArray[np.uint8]:
-    """AES-256-ECB encrypt ``blocks[n, b]`` with ``keys[n]``; shapes (N, B, 16) and (N, 32).
+    """AES-256-ECB encrypt ``blocks[n, b]`` with ``keys[n]``; shapes (N, B, 16) and
+    (N, 32) bytes, or (N, 8) words as :func:`key_words` makes them.
 
     With ``reversed_blocks`` every 16-byte block is byte-reversed before and after
     AES (ESP32 flash encryption's convention), without copying.
@@ -316,7 +336,7 @@ def aes256_encrypt_blocks(
 
 
 def aes256_decrypt_blocks(
-    blocks: npt.NDArray[np.uint8], keys: npt.NDArray[np.uint8], *, reversed_blocks: bool = False
+    blocks: npt.NDArray[np.uint8], keys: Keys, *, reversed_blocks: bool = False
 ) -> npt.NDArray[np.uint8]:
     """AES-256-ECB decrypt: the inverse of :func:`aes256_encrypt_blocks`."""
     return _run(blocks, keys, decrypt=True, reversed_blocks=reversed_blocks)

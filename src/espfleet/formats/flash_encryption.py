@@ -68,7 +68,6 @@ _CONFIG_BITS: Final = (
     0x000000000000000000000000000000000FFFFFFFFFFFFFFFE000000000000000,
     0x0000000000000000000000000000000000000000000000001FFFFFFFFFFFFFFF,
 )
-_U256: Final = (1 << 256) - 1
 
 
 def key_lengths(chip: str) -> tuple[int, ...]:
@@ -147,58 +146,47 @@ def _esp32_key(key: bytes) -> bytes:
     return key + key[8:16] if len(key) == 24 else key
 
 
-def _as_rows(values: list[int]) -> npt.NDArray[np.uint64]:
-    """256-bit integers -> (len, 4) uint64 whose bytes are the big-endian integers.
-
-    Only XOR/AND/OR touch these words, which do not care about byte order, so the
-    rows stay in the byte order the AES key needs and are reinterpreted, not converted.
-    """
-    raw = b"".join((v & _U256).to_bytes(32, "big") for v in values)
-    return np.frombuffer(raw, dtype=np.uint64).reshape(len(values), 4)
+def _as_words(values: list[int]) -> npt.NDArray[np.int64]:
+    """256-bit integers -> (len, 8) AES key words: big-endian 32-bit values."""
+    return np.array(
+        [[(v >> (32 * (7 - i))) & 0xFFFFFFFF for i in range(8)] for v in values],
+        dtype=np.int64,
+    ).reshape(len(values), 8)
 
 
-@functools.cache
-def _tweak_tables() -> tuple[npt.NDArray[np.uint64], ...]:
-    """Tweak parts for the low 10 and high 9 bits of a block address.
-
-    Below 2**19 the two products in the tweak are sums of non-overlapping shifted
-    copies of the address, so each splits exactly into low and high parts by XOR.
-    """
-    low = range(1 << _LOW_BITS)
-    high = [h << _LOW_BITS for h in range(1 << (_LINEAR_ADDRESS_BITS - _LOW_BITS))]
-    return (
-        _as_rows([_MUL1 * a for a in low]),
-        _as_rows([_MUL1 * a for a in high]),
-        _as_rows([(_MUL2 * a) & _MUL2_MASK for a in low]),
-        _as_rows([(_MUL2 * a) & _MUL2_MASK for a in high]),
-    )
-
-
-def _tweak_exact(block_address: int) -> int:
+def _tweak(block_address: int) -> int:
     return (_MUL1 * block_address) | ((_MUL2 * block_address) & _MUL2_MASK)
 
 
-def _esp32_keys(key: bytes, first: int, count: int, conf: int) -> npt.NDArray[np.uint8]:
-    """The AES key of each of ``count`` 32-byte flash blocks from block ``first``."""
+@functools.cache
+def _tweak_tables() -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """Tweaks of the low 10 and the high 9 bits of a block address.
+
+    Below 2**19 the two products in the tweak are sums of non-overlapping shifted
+    copies of the address, and never share a bit (checked for every such address),
+    so the tweak is linear: tweak(a) = low[a & 0x3FF] ^ high[a >> 10].
+    """
+    low = range(1 << _LOW_BITS)
+    high = [h << _LOW_BITS for h in range(1 << (_LINEAR_ADDRESS_BITS - _LOW_BITS))]
+    return _as_words([_tweak(a) for a in low]), _as_words([_tweak(a) for a in high])
+
+
+def _esp32_keys(key: bytes, first: int, count: int, conf: int) -> npt.NDArray[np.int64]:
+    """The AES key words of each of ``count`` 32-byte flash blocks from block ``first``."""
     tweak_range = 0
     for bit, mask in enumerate(_CONFIG_BITS):
         if conf >> bit & 1:
             tweak_range |= mask
     blocks = np.arange(first, first + count, dtype=np.int64)
     linear = blocks < (1 << _LINEAR_ADDRESS_BITS)
-    low = blocks & ((1 << _LOW_BITS) - 1)
-    high = np.where(linear, blocks >> _LOW_BITS, 0)
-    mul1_low, mul1_high, mul2_low, mul2_high = _tweak_tables()
-    tweaks = np.take(mul1_low, low, axis=0)
-    tweaks ^= np.take(mul1_high, high, axis=0)
-    mul2 = np.take(mul2_low, low, axis=0)
-    mul2 ^= np.take(mul2_high, high, axis=0)
-    tweaks |= mul2
+    low_table, high_table = _tweak_tables()
+    words = np.take(low_table, blocks & ((1 << _LOW_BITS) - 1), axis=0)
+    words ^= np.take(high_table, np.where(linear, blocks >> _LOW_BITS, 0), axis=0)
     for i in np.flatnonzero(~linear):  # beyond 16 MB: exact, one by one
-        tweaks[i] = _as_rows([_tweak_exact(int(blocks[i]))])[0]
-    tweaks &= _as_rows([tweak_range])
-    tweaks ^= np.frombuffer(key, dtype=np.uint64)
-    return tweaks.view(np.uint8)
+        words[i] = _as_words([_tweak(int(blocks[i]))])[0]
+    words &= _as_words([tweak_range])
+    words ^= _as_words([int.from_bytes(key, "big")])
+    return words
 
 
 def _esp32(data: bytes, key: bytes, address: int, conf: int, decrypting: bool) -> bytes:
