@@ -70,6 +70,9 @@ class ChipFacts:
     sb_revoke_fields: tuple[str, ...]
     #: Minimum chip revision (major*100+minor) for secure boot V2.
     sb_v2_min_revision: int
+    #: Revision a new virtual chip gets unless told otherwise: a current silicon
+    #: revision that supports everything espfleet does (ESP32 v3.0, S3 v0.2, C3 v0.4).
+    virtual_default_revision: int
     #: Field holding the anti-rollback counter compared with ``secure_version``.
     secure_version_field: str
     secure_version_bits: int
@@ -121,6 +124,7 @@ CHIPS: dict[str, ChipFacts] = {
         sb_enable_field="ABS_DONE_1",
         sb_revoke_fields=(),
         sb_v2_min_revision=300,
+        virtual_default_revision=300,
         secure_version_field="SECURE_VERSION",
         secure_version_bits=32,
         release_hardening=(
@@ -165,6 +169,7 @@ CHIPS: dict[str, ChipFacts] = {
             "SECURE_BOOT_KEY_REVOKE2",
         ),
         sb_v2_min_revision=0,
+        virtual_default_revision=2,
         secure_version_field="SECURE_VERSION",
         secure_version_bits=16,
         release_hardening=(
@@ -209,6 +214,7 @@ CHIPS: dict[str, ChipFacts] = {
             "SECURE_BOOT_KEY_REVOKE2",
         ),
         sb_v2_min_revision=3,
+        virtual_default_revision=4,
         secure_version_field="SECURE_VERSION",
         secure_version_bits=16,
         release_hardening=(

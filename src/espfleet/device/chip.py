@@ -156,7 +156,7 @@ class VirtualChip:
         """A factory-fresh chip: erased flash, blank eFuses but its MAC and revision."""
         facts = chip_facts(chip)
         if revision is None:
-            revision = 300 if chip == "esp32" else 0
+            revision = chip_facts(chip).virtual_default_revision
         if not 0 <= revision <= 399 or revision % 100 > 15:
             raise InputError(f"chip revision {revision} is not major*100+minor (e.g. 300)")
         if mac is None:
