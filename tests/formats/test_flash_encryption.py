@@ -185,3 +185,21 @@ def test_vectorised_aes_equals_cryptography(
         assert decrypted[flip][n].tobytes() == cipher.decryptor().update(plain)
     assert (aes256_decrypt_blocks(encrypted, keys, reversed_blocks=reversed_blocks)
             == blocks).all()
+
+
+@pytest.mark.parametrize("keys_count", [1, 999, 1000, 2500, 3001])
+def test_vectorised_aes_chunking_edges(monkeypatch: pytest.MonkeyPatch, keys_count: int) -> None:
+    """Several round chunks per key-schedule chunk, and a short last chunk."""
+    import espfleet.formats._aes_vec as aes
+
+    monkeypatch.setattr(aes, "_CHUNK", 500)
+    monkeypatch.setattr(aes, "_KEY_CHUNK", 1200)
+    rng = np.random.default_rng(keys_count)
+    keys = rng.integers(0, 256, (keys_count, 32), dtype=np.uint8)
+    blocks = rng.integers(0, 256, (keys_count, 2, 16), dtype=np.uint8)
+    for n in sorted({0, keys_count // 3, keys_count - 1}):
+        cipher = Cipher(algorithms.AES(keys[n].tobytes()), modes.ECB())
+        assert aes256_decrypt_blocks(blocks, keys)[n].tobytes() == \
+            cipher.decryptor().update(blocks[n].tobytes())
+        assert aes256_encrypt_blocks(blocks, aes.key_words(keys))[n].tobytes() == \
+            cipher.encryptor().update(blocks[n].tobytes())

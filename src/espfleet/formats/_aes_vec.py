@@ -103,7 +103,6 @@ _S_AND_IMC_S: Final[_Tables] = (
     _S[2] | (np.take(_IMC[2], _SBOX) << 32),
     _S[3] | (np.take(_IMC[3], _SBOX) << 32),
 )
-_LOW_WORD: Final = 0xFFFFFFFF
 #: The rounds run on uint32 words (half the memory traffic of int64) and gather
 #: with each byte plane of the state as the index, straight from a uint8 view.
 Words32 = npt.NDArray[np.uint32]
@@ -166,7 +165,7 @@ class _Work:
         self.tmp = np.empty(shape, dtype=np.uint32)
         self.words = np.empty((4 * (_ROUNDS + 1), key_chunk), dtype=np.int64)
         self.packed = np.empty((4 * (_ROUNDS + 1), key_chunk), dtype=np.int64)
-        self.round_keys = np.empty((_ROUNDS + 1, 4, key_chunk), dtype=np.uint32)
+        self.round_keys = np.empty((4 * (_ROUNDS + 1), key_chunk), dtype=np.uint32)
 
     def lookup(self, tables: _Tables32, shift: tuple[int, int, int, int]) -> None:
         """One table round: state[c] = XOR over rows r of
@@ -181,7 +180,7 @@ class _Work:
             result[4 - k :] ^= tmp[:k]
         self.state, self.spare = result, source
 
-    def expand_keys(self, key_words: Words) -> Words:
+    def expand_keys(self, key_words: Words) -> Words32:
         """FIPS-197 key expansion for AES-256: (8, N) key words -> (15, 4, N) round keys."""
         count = key_words.shape[1]
         w = self.words[:, :count]
@@ -194,9 +193,11 @@ class _Work:
             np.bitwise_xor(w[i - _KEY_WORDS], _lookup(_S, _sub_word_order(i, b)), out=w[i])
             if _rcon(i):
                 w[i] ^= _rcon(i) << 24
-        return w.reshape(_ROUNDS + 1, 4, count)
+        out = self.round_keys[:, :count]
+        np.copyto(out, w, casting="unsafe")
+        return out.reshape(_ROUNDS + 1, 4, count)
 
-    def expand_decryption_keys(self, key_words: Words) -> Words:
+    def expand_decryption_keys(self, key_words: Words) -> Words32:
         """The equivalent inverse cipher's key schedule (FIPS-197 5.3.5): round keys
         1..13 through InvMixColumns, 0 and 14 as they are, as (15, 4, N).
 
@@ -220,12 +221,13 @@ class _Work:
             rcon = _rcon(i)
             if rcon:
                 packed[i] ^= np.int64(_RCON_PACKED[rcon])
-        mixed = self.words[:, :count]
-        np.right_shift(packed, 32, out=mixed)
-        mixed &= _LOW_WORD  # undo the sign extension of int64's arithmetic shift
-        np.bitwise_and(packed[:4], _LOW_WORD, out=mixed[:4])
-        np.bitwise_and(packed[-4:], _LOW_WORD, out=mixed[-4:])
-        return mixed.reshape(_ROUNDS + 1, 4, count)
+        # Into uint32, which keeps the low 32 bits: the plain words of rounds 0 and
+        # 14 from the low halves, the mixed ones of rounds 1..13 from the high halves.
+        out = self.round_keys[:, :count]
+        np.right_shift(packed, 32, out=out, casting="unsafe")
+        np.copyto(out[:4], packed[:4], casting="unsafe")
+        np.copyto(out[-4:], packed[-4:], casting="unsafe")
+        return out.reshape(_ROUNDS + 1, 4, count)
 
 
 _Bytes = tuple[Words, Words, Words, Words]
@@ -306,8 +308,7 @@ def _run(blocks: npt.NDArray[np.uint8], keys: Keys, decrypt: bool, reversed_bloc
     for first in range(0, padded, group):
         group_words: Words = np.ascontiguousarray(words[first : first + group].T)
         expand = work.expand_decryption_keys if decrypt else work.expand_keys
-        round_keys = work.round_keys[:, :, : group_words.shape[1]]
-        round_keys[...] = expand(group_words)
+        round_keys = expand(group_words)
         for start in range(0, group_words.shape[1], size):
             part = slice(first + start, first + start + size)
             # (N, B, 4) words -> (4, B, N): all blocks' column c in one row.
