@@ -22,6 +22,7 @@ because the ciphertext depends on it.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
@@ -50,13 +51,9 @@ class _Scheme:
     #: Key lengths accepted besides the chip's own eFuse key lengths.
     extra_key_lengths: tuple[int, ...]
     uses_crypt_config: bool
+    #: (data, key, address, flash_crypt_conf, decrypting) -> bytes
+    run: Callable[[bytes, bytes, int, int, bool], bytes]
 
-
-_SCHEMES: Final[dict[EncryptionScheme, _Scheme]] = {
-    # 24 bytes: an ESP32 with the 3/4 eFuse coding scheme (espsecure extends it).
-    "esp32-aes256": _Scheme(extra_key_lengths=(24,), uses_crypt_config=True),
-    "xts-aes": _Scheme(extra_key_lengths=(), uses_crypt_config=False),
-}
 
 # The ESP32 tweak, as the hardware (and espsecure) computes it from the block address.
 _MUL1: Final = 0x0000200004000080000004000080001000000200004000080000040000800010
@@ -133,9 +130,7 @@ def _apply(
         )
     if not data:
         return b""
-    if scheme == "esp32-aes256":
-        return _esp32(data, _esp32_key(key), address, conf, decrypting)
-    return _xts(data, key, address, decrypting)
+    return _SCHEMES[scheme].run(data, key, address, conf, decrypting)
 
 
 # --- ESP32: AES-256 with per-32-byte key tweak ---------------------------------------
@@ -190,6 +185,7 @@ def _esp32_keys(key: bytes, first: int, count: int, conf: int) -> npt.NDArray[np
 
 
 def _esp32(data: bytes, key: bytes, address: int, conf: int, decrypting: bool) -> bytes:
+    key = _esp32_key(key)
     # Align to whole 32-byte key blocks: 16 bytes of filler before and/or after.
     head = address % _ESP32_KEY_BLOCK
     tail = -(head + len(data)) % _ESP32_KEY_BLOCK
@@ -207,7 +203,7 @@ def _esp32(data: bytes, key: bytes, address: int, conf: int, decrypting: bool) -
 # --- ESP32-S3/C3: XTS-AES with 128-byte data units ----------------------------------
 
 
-def _xts(data: bytes, key: bytes, address: int, decrypting: bool) -> bytes:
+def _xts(data: bytes, key: bytes, address: int, _conf: int, decrypting: bool) -> bytes:
     half = len(key) // 2
     data_key, tweak_key = key[:half], key[half:]
     if data_key == tweak_key:
@@ -241,3 +237,10 @@ def _xts(data: bytes, key: bytes, address: int, decrypting: bool) -> bytes:
     middle = engine.update((reversed_units ^ mask_bytes).tobytes())
     result = np.frombuffer(middle, dtype=np.uint8).reshape(units, _XTS_UNIT) ^ mask_bytes
     return result[:, ::-1].tobytes()[head : head + len(data)]
+
+
+_SCHEMES: Final[dict[EncryptionScheme, _Scheme]] = {
+    # 24 bytes: an ESP32 with the 3/4 eFuse coding scheme (espsecure extends it).
+    "esp32-aes256": _Scheme(extra_key_lengths=(24,), uses_crypt_config=True, run=_esp32),
+    "xts-aes": _Scheme(extra_key_lengths=(), uses_crypt_config=False, run=_xts),
+}
