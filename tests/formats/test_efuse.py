@@ -224,7 +224,7 @@ def test_with_field_round_trip(chip: str, data: st.DataObject) -> None:
             value: int | bytes = data.draw(st.binary(min_size=len(current),
                                                     max_size=len(current)))
         else:
-            bits = EfuseImage._field(image, name).bit_len
+            bits = image.definition(name).bit_len
             value = data.draw(st.integers(min_value=0, max_value=(1 << bits) - 1))
         image = image.with_field(name, value)
         assignments = {k: v for k, v in assignments.items()
@@ -239,7 +239,7 @@ def test_with_field_round_trip(chip: str, data: st.DataObject) -> None:
 def _overlaps(chip: str, a: str, b: str) -> bool:
     """Whether two fields share bits (ESP32's BLOCK3 overlaps its sub-fields)."""
     image = EfuseImage.blank(chip)
-    fa, fb = EfuseImage._field(image, a), EfuseImage._field(image, b)
+    fa, fb = image.definition(a), image.definition(b)
     return fa.block == fb.block and fa.start < fb.start + fb.bit_len \
         and fb.start < fa.start + fa.bit_len
 

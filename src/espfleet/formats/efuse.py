@@ -210,6 +210,10 @@ class EfuseImage:
             return _layout(self.chip, coding_34=True)
         return base
 
+    def definition(self, name: str) -> FieldDef:
+        """Where field ``name`` (espefuse name, alternative name or key block alias) is."""
+        return self._field(name)
+
     def _field(self, name: str) -> FieldDef:
         layout = self._defs
         found = layout.fields.get(layout.names.get(name, name))
