@@ -14,9 +14,9 @@ def test_unknown_chip_names_the_supported_ones() -> None:
 @pytest.mark.parametrize("chip", sorted(CHIPS))
 def test_chip_fields_exist_in_espefuse_definitions(chip: str) -> None:
     """Every eFuse name in the table is a real espefuse field of that chip."""
-    import espefuse
     from pathlib import Path
 
+    import espefuse
     import yaml  # espefuse depends on PyYAML
 
     defs = Path(espefuse.__file__).parent / "efuse_defs" / f"{chip}.yaml"

@@ -119,9 +119,8 @@ class _Espfleet:
         if data is None and message:
             data = {"error": message}
         if expect_ok and proc.returncode != 0:
-            raise DemoError(
-                f"`espfleet {' '.join(args)}` exited {proc.returncode}: {message or proc.stdout[-500:]}"
-            )
+            detail = message or proc.stdout[-500:]
+            raise DemoError(f"`espfleet {' '.join(args)}` exited {proc.returncode}: {detail}")
         return proc.returncode, data
 
     def serve(self, name: str) -> tuple[subprocess.Popen[str], str]:
@@ -237,10 +236,9 @@ def _run_steps(
 
 
 def _write_demo_firmware(tool: _Espfleet, chip: str) -> dict[str, Any]:
+    from espfleet._io import atomic_write
     from espfleet.provisioning.demo_firmware import demo_firmware
     from espfleet.workspace import Workspace
-
-    from espfleet._io import atomic_write
 
     workspace = Workspace.open(tool.workspace)
     key = workspace.signing_key(tool.env[PASSPHRASE_ENV].encode())
