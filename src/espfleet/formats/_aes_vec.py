@@ -22,7 +22,13 @@ from typing import Final
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["aes256_decrypt_blocks", "aes256_encrypt_blocks", "key_words"]
+__all__ = [
+    "aes256_decrypt_blocks",
+    "aes256_encrypt_blocks",
+    "inv_mix_columns",
+    "key_words",
+    "with_inv_mixed",
+]
 
 Words = npt.NDArray[np.int64]
 
@@ -127,6 +133,7 @@ _RCON_PACKED: Final = {
     for r in _RCON
 }
 _BYTE: Final = 0xFF
+_WORD: Final = 0xFFFFFFFF
 #: Keys per pass: small enough that the working set stays in the CPU caches, large
 #: enough that numpy's per-call cost vanishes.
 _CHUNK: Final = 8192
@@ -197,19 +204,22 @@ class _Work:
         np.copyto(out, w, casting="unsafe")
         return out.reshape(_ROUNDS + 1, 4, count)
 
-    def expand_decryption_keys(self, key_words: Words) -> Words32:
+    def expand_decryption_keys(self, key_words: Words, premixed: bool) -> Words32:
         """The equivalent inverse cipher's key schedule (FIPS-197 5.3.5): round keys
         1..13 through InvMixColumns, 0 and 14 as they are, as (15, 4, N).
 
         InvMixColumns is linear, so the mixed words follow the same recurrence as the
         plain ones, with InvMixColumns-of-S-box tables. Both run at once: each int64
         holds the plain word in its low half and the mixed word in its high half
-        (XOR keeps the halves apart), one table lookup serving both.
+        (XOR keeps the halves apart), one table lookup serving both. ``premixed``
+        key words already come that way (see :func:`with_inv_mixed`).
         """
         count = key_words.shape[1]
         packed = self.packed[:, :count]
-        for i in range(_KEY_WORDS):
-            packed[i] = key_words[i] | (_lookup(_IMC, _bytes_of(key_words[i])) << 32)
+        if premixed:
+            packed[:_KEY_WORDS] = key_words
+        else:
+            packed[:_KEY_WORDS] = with_inv_mixed(key_words)
         for i in range(_KEY_WORDS, 4 * (_ROUNDS + 1)):
             if i % 4:
                 np.bitwise_xor(packed[i - _KEY_WORDS], packed[i - 1], out=packed[i])
@@ -240,6 +250,22 @@ def _sub_word_order(i: int, b: _Bytes) -> _Bytes:
 
 def _rcon(i: int) -> int:
     return _RCON[i // _KEY_WORDS - 1] if i % _KEY_WORDS == 0 else 0
+
+
+def inv_mix_columns(words: Words) -> Words:
+    """InvMixColumns of every 32-bit AES column word in ``words`` (int64, any shape)."""
+    return _lookup(_IMC, _bytes_of(words))
+
+
+def with_inv_mixed(words: Words) -> Words:
+    """Key words with InvMixColumns of each word in its high 32 bits.
+
+    The form the decryption key schedule starts from. InvMixColumns is linear, so
+    ``with_inv_mixed(a ^ b) == with_inv_mixed(a) ^ with_inv_mixed(b)``: a caller whose
+    keys are a fixed key XOR known patterns can mix the parts once, in tables.
+    """
+    low = words & _WORD
+    return low | (inv_mix_columns(low) << 32)
 
 
 def key_words(keys: npt.NDArray[np.uint8]) -> Words:
@@ -275,8 +301,13 @@ def _rounds(
 Keys = npt.NDArray[np.uint8] | Words
 
 
-def _run(blocks: npt.NDArray[np.uint8], keys: Keys, decrypt: bool, reversed_blocks: bool
-         ) -> npt.NDArray[np.uint8]:
+def _run(
+    blocks: npt.NDArray[np.uint8],
+    keys: Keys,
+    decrypt: bool,
+    reversed_blocks: bool,
+    premixed: bool,
+) -> npt.NDArray[np.uint8]:
     words: Words
     if keys.dtype == np.uint8 and keys.ndim == 2 and keys.shape[1] == 32:
         words = key_words(keys.astype(np.uint8, copy=False))
@@ -307,8 +338,12 @@ def _run(blocks: npt.NDArray[np.uint8], keys: Keys, decrypt: bool, reversed_bloc
     work = _Work(size, per_key, min(group, padded))
     for first in range(0, padded, group):
         group_words: Words = np.ascontiguousarray(words[first : first + group].T)
-        expand = work.expand_decryption_keys if decrypt else work.expand_keys
-        round_keys = expand(group_words)
+        if decrypt:
+            round_keys = work.expand_decryption_keys(group_words, premixed)
+        else:
+            if premixed:
+                group_words &= _WORD
+            round_keys = work.expand_keys(group_words)
         for start in range(0, group_words.shape[1], size):
             part = slice(first + start, first + start + size)
             # (N, B, 4) words -> (4, B, N): all blocks' column c in one row.
@@ -325,19 +360,28 @@ def _run(blocks: npt.NDArray[np.uint8], keys: Keys, decrypt: bool, reversed_bloc
 
 
 def aes256_encrypt_blocks(
-    blocks: npt.NDArray[np.uint8], keys: Keys, *, reversed_blocks: bool = False
+    blocks: npt.NDArray[np.uint8],
+    keys: Keys,
+    *,
+    reversed_blocks: bool = False,
+    premixed: bool = False,
 ) -> npt.NDArray[np.uint8]:
     """AES-256-ECB encrypt ``blocks[n, b]`` with ``keys[n]``; shapes (N, B, 16) and
-    (N, 32) bytes, or (N, 8) words as :func:`key_words` makes them.
+    (N, 32) bytes, or (N, 8) words as :func:`key_words` makes them (``premixed``:
+    as :func:`with_inv_mixed` makes them).
 
     With ``reversed_blocks`` every 16-byte block is byte-reversed before and after
     AES (ESP32 flash encryption's convention), without copying.
     """
-    return _run(blocks, keys, decrypt=False, reversed_blocks=reversed_blocks)
+    return _run(blocks, keys, False, reversed_blocks, premixed)
 
 
 def aes256_decrypt_blocks(
-    blocks: npt.NDArray[np.uint8], keys: Keys, *, reversed_blocks: bool = False
+    blocks: npt.NDArray[np.uint8],
+    keys: Keys,
+    *,
+    reversed_blocks: bool = False,
+    premixed: bool = False,
 ) -> npt.NDArray[np.uint8]:
     """AES-256-ECB decrypt: the inverse of :func:`aes256_encrypt_blocks`."""
-    return _run(blocks, keys, decrypt=True, reversed_blocks=reversed_blocks)
+    return _run(blocks, keys, True, reversed_blocks, premixed)

@@ -32,7 +32,11 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from espfleet.chips import EncryptionScheme, chip_facts
 from espfleet.errors import FormatError, InputError
-from espfleet.formats._aes_vec import aes256_decrypt_blocks, aes256_encrypt_blocks
+from espfleet.formats._aes_vec import (
+    aes256_decrypt_blocks,
+    aes256_encrypt_blocks,
+    with_inv_mixed,
+)
 
 __all__ = ["decrypt", "encrypt", "key_lengths"]
 
@@ -166,21 +170,31 @@ def _tweak_tables() -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
     return _as_words([_tweak(a) for a in low]), _as_words([_tweak(a) for a in high])
 
 
-def _esp32_keys(key: bytes, first: int, count: int, conf: int) -> npt.NDArray[np.int64]:
-    """The AES key words of each of ``count`` 32-byte flash blocks from block ``first``."""
+@functools.cache
+def _masked_tweak_tables(conf: int) -> tuple[npt.NDArray[np.int64], ...]:
+    """The tweak tables masked by FLASH_CRYPT_CONFIG's key bits, in the premixed
+    form the AES takes (plain words low, InvMixColumns of them high: the tweak is
+    XORed into the key, and InvMixColumns is linear, so it is mixed once, here)."""
     tweak_range = 0
     for bit, mask in enumerate(_CONFIG_BITS):
         if conf >> bit & 1:
             tweak_range |= mask
+    mask_words = _as_words([tweak_range])
+    low, high = _tweak_tables()
+    return with_inv_mixed(low & mask_words), with_inv_mixed(high & mask_words), mask_words
+
+
+def _esp32_keys(key: bytes, first: int, count: int, conf: int) -> npt.NDArray[np.int64]:
+    """The AES key words of each of ``count`` 32-byte flash blocks from block
+    ``first``, premixed (see :func:`espfleet.formats._aes_vec.with_inv_mixed`)."""
+    low_table, high_table, mask_words = _masked_tweak_tables(conf)
     blocks = np.arange(first, first + count, dtype=np.int64)
     linear = blocks < (1 << _LINEAR_ADDRESS_BITS)
-    low_table, high_table = _tweak_tables()
     words = np.take(low_table, blocks & ((1 << _LOW_BITS) - 1), axis=0)
     words ^= np.take(high_table, np.where(linear, blocks >> _LOW_BITS, 0), axis=0)
     for i in np.flatnonzero(~linear):  # beyond 16 MB: exact, one by one
-        words[i] = _as_words([_tweak(int(blocks[i]))])[0]
-    words &= _as_words([tweak_range])
-    words ^= _as_words([int.from_bytes(key, "big")])
+        words[i] = with_inv_mixed(_as_words([_tweak(int(blocks[i]))]) & mask_words)[0]
+    words ^= with_inv_mixed(_as_words([int.from_bytes(key, "big")]))
     return words
 
 
@@ -196,7 +210,7 @@ def _esp32(data: bytes, key: bytes, address: int, conf: int, decrypting: bool) -
     # The hardware runs AES inverted (encrypting flash is AES decryption), on
     # byte-reversed 16-byte blocks.
     aes = aes256_encrypt_blocks if decrypting else aes256_decrypt_blocks
-    out = aes(blocks, keys, reversed_blocks=True).reshape(-1)
+    out = aes(blocks, keys, reversed_blocks=True, premixed=True).reshape(-1)
     return out[head : head + len(data)].tobytes()
 
 
