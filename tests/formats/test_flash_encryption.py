@@ -204,10 +204,12 @@ def test_vectorised_aes_chunking_edges(monkeypatch: pytest.MonkeyPatch, keys_cou
         assert aes256_encrypt_blocks(blocks, aes.key_words(keys))[n].tobytes() == \
             cipher.encryptor().update(blocks[n].tobytes())
     premixed = aes.with_inv_mixed(aes.key_words(keys))
+    untouched = premixed.copy()
     assert (aes256_decrypt_blocks(blocks, premixed, premixed=True)
             == aes256_decrypt_blocks(blocks, keys)).all()
     assert (aes256_encrypt_blocks(blocks, premixed, premixed=True)
             == aes256_encrypt_blocks(blocks, keys)).all()
+    assert (premixed == untouched).all()  # the caller's key words are not modified
     # Linear: mixing the parts of a XOR equals mixing the XOR.
     other = aes.key_words(keys[::-1].copy())
     assert (aes.with_inv_mixed(aes.key_words(keys) ^ other)

@@ -337,7 +337,7 @@ def _run(
     group = max(1, _KEY_CHUNK // size) * size
     work = _Work(size, per_key, min(group, padded))
     for first in range(0, padded, group):
-        group_words: Words = np.ascontiguousarray(words[first : first + group].T)
+        group_words: Words = np.array(words[first : first + group].T, order="C")  # a copy
         if decrypt:
             round_keys = work.expand_decryption_keys(group_words, premixed)
         else:
