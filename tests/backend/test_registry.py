@@ -149,6 +149,23 @@ def test_revoke_by_serial_and_by_device(registry: Registry) -> None:
         registry.revoke("a1")
 
 
+def test_stolen_device_with_a_superseded_certificate_is_revoked_too(registry: Registry) -> None:
+    """A renewed device's old certificate still verifies until it expires: revoking the
+    device must put it on the CRL as well, or a stolen unit keeps logging in with it."""
+    add_cert(registry, "a0", days=-1)  # expired: it needs no CRL entry
+    add_cert(registry, "a1")
+    add_cert(registry, "a2", supersede=True)
+    assert registry.get_certificate("a1").status == "superseded"  # type: ignore[union-attr]
+    published: list[set[str]] = []
+    revoked = registry.revoke(
+        DEVICE, "key_compromise", now=NOW,
+        before_commit=lambda rows: published.append({r.serial for r in rows}),
+    )
+    assert {r.serial for r in revoked} == {"a1", "a2"}
+    assert published == [{"a1", "a2"}]
+    assert registry.get_certificate("a1").revocation_reason == "key_compromise"  # type: ignore[union-attr]
+
+
 def test_revoking_an_unknown_serial_is_refused(registry: Registry) -> None:
     with pytest.raises(InputError, match="neither a device id nor a certificate serial"):
         registry.revoke("abcdef")

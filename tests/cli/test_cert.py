@@ -142,6 +142,19 @@ def test_revoke_by_device_id_marks_the_device_revoked(fleet_workspace: Path) -> 
     assert refused.exit_code == 2 and "revoked device gets no certificate" in refused.output
 
 
+def test_revoked_stolen_device_cannot_use_its_superseded_certificate(
+    fleet_workspace: Path,
+) -> None:
+    old = run_json("cert", "issue", DEVICE)
+    new = run_json("cert", "issue", DEVICE, "--renew")
+    run_json("cert", "revoke", DEVICE, "--reason", "key_compromise")
+    text = subprocess.run(
+        ["openssl", "crl", "-in", str(fleet_workspace / "pki/crl.pem"), "-text", "-noout"],
+        check=True, capture_output=True, text=True,
+    ).stdout.replace(":", "").upper()
+    assert old["serial"].upper() in text and new["serial"].upper() in text
+
+
 def test_list_expiring_within(fleet_workspace: Path) -> None:
     run_json("cert", "issue", DEVICE)
     assert run_json("cert", "list", "--expiring-within", "30") == []

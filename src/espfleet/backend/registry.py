@@ -319,6 +319,16 @@ class Registry:
         )
         return list(session.scalars(query.order_by(Certificate.not_after.desc())))
 
+    @staticmethod
+    def _unexpired(session: Session, device_id: str, at: dt.datetime) -> list[Certificate]:
+        """Certificates of ``device_id`` a verifier would still accept at ``at``, CRL aside."""
+        query = select(Certificate).where(
+            Certificate.device_id == device_id,
+            Certificate.status.in_(("active", "superseded")),
+            Certificate.not_after > at,
+        )
+        return list(session.scalars(query.order_by(Certificate.not_after.desc())))
+
     def active_certificate(
         self, device_id: str, *, at: dt.datetime | None = None
     ) -> CertRecord | None:
@@ -367,14 +377,16 @@ class Registry:
         now: dt.datetime | None = None,
         before_commit: Callable[[Sequence[CertRecord]], None] | None = None,
     ) -> list[CertRecord]:
-        """Revoke a certificate by serial, or every active one of a device by device id
-        (which also marks the device ``revoked``). ``before_commit`` receives ALL revoked
-        certificates (for the CRL) inside the transaction; if it raises, nothing changes."""
+        """Revoke a certificate by serial, or by device id every unexpired certificate of
+        the device, superseded ones included (a renewed device's old certificate still
+        verifies until it expires; a stolen device may hold it), which also marks the
+        device ``revoked``. ``before_commit`` receives ALL revoked certificates (for the
+        CRL) inside the transaction; if it raises, nothing changes."""
         stamp = now or _now()
         with self.transaction() as session:
             device = session.get(Device, target)
             if device is not None:
-                rows = self._active(session, target)
+                rows = self._unexpired(session, target, stamp)
                 if not rows and device.status == "revoked":
                     raise InputError(f"device {target} is already revoked")
                 device.status = "revoked"

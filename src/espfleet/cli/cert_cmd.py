@@ -119,8 +119,8 @@ def issue(
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_obj
 def revoke(obj: CliContext, target: str, reason: str, as_json: bool) -> None:
-    """Revoke a certificate by serial, or every active one of a device (the device is then
-    marked revoked), and re-sign the CRL."""
+    """Revoke a certificate by serial, or every unexpired one of a device, superseded ones
+    included (the device is then marked revoked), and re-sign the CRL."""
     workspace = Workspace.open(obj.workspace_dir)
     with workspace.ca(get_passphrase(purpose="the issuing CA key")) as authority:
         revoked = authority.revoke(target, reason)
