@@ -258,6 +258,60 @@ def test_missing_or_tampered_workspace_file_changes_nothing(
         path.write_bytes(original)
 
 
+def test_unwritable_out_dir_records_nothing(
+    fleet_workspace: Path, tmp_path: Path, snapshot: Snapshot
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_bytes(b"not a directory")
+    before = snapshot(fleet_workspace)
+    result = run("cert", "issue", DEVICE, "--out", str(blocker / "device"))
+    assert result.exit_code == 2, result.output
+    assert "cannot write to" in result.output and "Traceback" not in result.output
+    assert snapshot(fleet_workspace) == before
+    assert run_json("cert", "issue", DEVICE)["status"] == "active"  # no --renew needed
+
+
+def test_failed_write_of_the_key_records_nothing_and_leaves_no_file(
+    fleet_workspace: Path, snapshot: Snapshot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from espfleet import _io
+    from espfleet.cli import cert_cmd
+
+    real = _io.atomic_write
+
+    def full_disk_on_key(path: Path, data: bytes, mode: int = 0o644) -> None:
+        if path.name == "device.key.pem":
+            raise OSError(28, "No space left on device", str(path))
+        real(path, data, mode)
+
+    monkeypatch.setattr(cert_cmd, "atomic_write", full_disk_on_key)
+    before = snapshot(fleet_workspace)
+    result = run("cert", "issue", DEVICE)
+    assert result.exit_code == 2, result.output
+    assert "No space left on device" in result.output and "nothing was recorded" in result.output
+    assert snapshot(fleet_workspace) == before
+
+
+def test_failed_renewal_restores_the_previous_files(
+    fleet_workspace: Path, snapshot: Snapshot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from espfleet.errors import RegistryError
+    from espfleet.workspace.authority import IssuingAuthority
+
+    run_json("cert", "issue", DEVICE)
+    before = snapshot(fleet_workspace)
+
+    def refused(*_args: object, **_kwargs: object) -> None:
+        raise RegistryError("the registry refused the change (conflicting record)")
+
+    monkeypatch.setattr(IssuingAuthority, "record", refused)
+    result = run("cert", "issue", DEVICE, "--renew")
+    assert result.exit_code == 1 and "conflicting record" in result.output
+    assert snapshot(fleet_workspace) == before
+    key = fleet_workspace / "pki/devices" / DEVICE / "device.key.pem"
+    assert (key.stat().st_mode & 0o777) == 0o600
+
+
 def test_debug_shows_a_traceback(fleet_workspace: Path) -> None:
     result = run("--debug", "cert", "issue", "nope nope")
     assert result.exit_code == 2 and "Traceback" in result.output

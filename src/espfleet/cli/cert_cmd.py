@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +29,36 @@ def cert() -> None:
 
 def _inside(path: Path, root: Path) -> bool:
     return path.resolve().is_relative_to(root.resolve())
+
+
+@contextmanager
+def _undo_on_failure(out_dir: Path, paths: list[Path]) -> Iterator[None]:
+    """Create ``out_dir``; if the body fails, restore ``paths`` and remove the directories
+    this created. A file-system error becomes an :class:`InputError` naming the path."""
+    created = [d for d in (out_dir, *out_dir.parents) if not d.exists()]
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        previous = {p: (p.read_bytes(), p.stat().st_mode & 0o777) for p in paths if p.exists()}
+    except OSError as error:
+        raise InputError(
+            f"cannot write to {out_dir}: {error.strerror}; choose another --out"
+        ) from None
+    try:
+        yield
+    except BaseException as error:
+        for path in paths:
+            if path in previous:
+                atomic_write(path, *previous[path])
+            else:
+                path.unlink(missing_ok=True)
+        if created:
+            shutil.rmtree(created[-1], ignore_errors=True)
+        if isinstance(error, OSError):
+            raise InputError(
+                f"cannot write {error.filename or out_dir}: {error.strerror}; nothing was "
+                "recorded; free some space or choose another --out"
+            ) from None
+        raise
 
 
 def _read_csr(path: Path, device_id: str) -> Any:
@@ -82,14 +115,21 @@ def issue(
     passphrase = get_passphrase(purpose="the issuing CA key")
     with workspace.ca(passphrase) as authority:
         issued = authority.issue_device_cert(device_id, csr=csr)
-        record = authority.record(issued, renew=renew)
-        files = {"cert": out_dir / "device.pem", "chain": out_dir / "ca-chain.pem"}
-        atomic_write(files["cert"], issued.cert_pem)
-        atomic_write(files["chain"], authority.chain_pem())
+        writes = {
+            "cert": (out_dir / "device.pem", issued.cert_pem, 0o644),
+            "chain": (out_dir / "ca-chain.pem", authority.chain_pem(), 0o644),
+        }
         if issued.key_pem is not None:
-            files["key"] = out_dir / "device.key.pem"
             key_pem = issued.encrypted_key_pem(passphrase) if encrypt_key else issued.key_pem
-            atomic_write(files["key"], key_pem, mode=0o600)
+            writes["key"] = (out_dir / "device.key.pem", key_pem, 0o600)
+        # Files first, then the registry: a certificate is never recorded as active while
+        # its files (and a key generated here) are missing; if recording fails the files
+        # are put back as they were.
+        with _undo_on_failure(out_dir, [path for path, _, _ in writes.values()]):
+            for path, data, mode in writes.values():
+                atomic_write(path, data, mode=mode)
+            record = authority.record(issued, renew=renew)
+        files = {name: path for name, (path, _, _) in writes.items()}
     result: dict[str, Any] = {
         **record.to_json(),
         "renewed": current is not None,
