@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import random
+import tempfile
 import zlib
 from pathlib import Path
 
@@ -166,6 +167,33 @@ def test_sign_then_parse_round_trip(
     assert all(b.crc_ok and b.verifies(signed[:length]) for b in blocks)
     digests = [sb.public_key_digest(k) for k in rsa_keys]
     assert sb.verify_with_digests(signed, digests) == 0
+
+
+@settings(max_examples=12, deadline=None)
+@given(st.binary(min_size=1, max_size=6000), st.sampled_from(["rsa", "ecdsa"]))
+def test_espsecure_sign_data_and_ours_agree_on_random_images(
+    rsa_keys: list[sb.PrivateKey], ecdsa_key: sb.PrivateKey, image: bytes, scheme: str
+) -> None:
+    """Generated vectors: espsecure sign-data -v 2 in-process on random content."""
+    assume(not (len(image) % 4096 == 0 and image[-4096] == 0xE7))
+    key = rsa_keys[0] if scheme == "rsa" else ecdsa_key
+    with tempfile.TemporaryDirectory() as tmp:
+        data, out = Path(tmp) / "image.bin", Path(tmp) / "signed.bin"
+        data.write_bytes(image)
+        key_file = io.BytesIO(_pem(key))
+        key_file.name = "key.pem"
+        with data.open("rb") as handle:
+            espsecure.sign_data("2", [key_file], str(out), False, False, None, [], [], handle)
+        theirs = out.read_bytes()
+    ours = sb.sign(image, [key])
+    length = sb.signed_length(theirs)
+    assert len(ours) == len(theirs) and sb.signed_length(ours) == length
+    assert ours[:length] == theirs[:length]  # the same padding
+    # The same block up to the randomised signature, and the same filler after it.
+    assert ours[length : length + 101] == theirs[length : length + 101]
+    assert ours[length + sb.SIGNATURE_BLOCK_SIZE :] == theirs[length + sb.SIGNATURE_BLOCK_SIZE :]
+    sb.verify(theirs, key)
+    assert _espsecure_verifies(ours, key)
 
 
 def test_signed_app_is_found_inside_a_whole_partition(rsa_keys: list[sb.PrivateKey]) -> None:
