@@ -276,3 +276,41 @@ def test_blank_chip_over_port_reads_every_field(tmp_path: Path) -> None:
     assert unverified == ()
     assert kinds(audit_efuses(state, "release", expected_digest=DIGEST)) == kinds(
         audit("esp32c3", path))
+
+
+@pytest.mark.parametrize("chip", ["esp32s3", "esp32c3"])
+def test_second_signing_key_in_unrevoked_slot_is_critical(tmp_path: Path, chip: str) -> None:
+    """The fleet digest is there, but a foreign digest sits in another slot that was
+    never revoked: secure boot also boots images signed by that other key."""
+    path = provisioned(tmp_path, chip, "release", skip=lambda s: s.phase == "post_flash"
+                       or s.target.startswith("SECURE_BOOT_KEY_REVOKE"), variant="-open")
+    commands = espefuse.init_commands(
+        esp=espefuse.get_esp(chip=chip, virt=True, virt_efuse_file=str(path)),
+        do_not_confirm=True,
+    )
+    commands.burn_key(["BLOCK_KEY3"], [None], ["SECURE_BOOT_DIGEST1"], digest=[b"\x66" * 32])
+    report = audit(chip, path)
+    extra = [f for f in report.findings if f.kind == "sb-digest-extra"]
+    assert [(f.efuse, f.severity) for f in extra] == [
+        ("SECURE_BOOT_KEY_REVOKE1", Severity.CRITICAL)]
+    assert ("66" * 32) in extra[0].found
+    assert extra[0].command == (
+        f"espefuse --chip {chip} --port PORT burn-efuse SECURE_BOOT_KEY_REVOKE1 1")
+    assert ("sb-slot-not-revoked", "SECURE_BOOT_KEY_REVOKE2") in kinds(report)
+    assert ("sb-slot-not-revoked", "SECURE_BOOT_KEY_REVOKE1") not in kinds(report)
+
+    commands.burn_efuse({"SECURE_BOOT_KEY_REVOKE1": 1})
+    revoked = audit(chip, path)
+    assert not [f for f in revoked.findings if f.kind.startswith("sb-digest")]
+
+
+def test_fleet_digest_only_in_a_revoked_slot_is_not_trusted(tmp_path: Path) -> None:
+    """A revoked slot's digest no longer counts: the fleet's images will not boot."""
+    path = provisioned(tmp_path, "esp32s3", "release", skip=lambda s: s.phase == "post_flash"
+                       or s.target.startswith("SECURE_BOOT_KEY_REVOKE"), variant="-open")
+    commands = espefuse.init_commands(
+        esp=espefuse.get_esp(chip="esp32s3", virt=True, virt_efuse_file=str(path)),
+        do_not_confirm=True,
+    )
+    commands.burn_efuse({"SECURE_BOOT_KEY_REVOKE0": 1})
+    assert "sb-digest-foreign" in {f.kind for f in audit("esp32s3", path).findings}

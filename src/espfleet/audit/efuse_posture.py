@@ -259,7 +259,7 @@ def _check_secure_boot(ctx: _Context) -> Iterator[EfuseFinding]:
             "no Secure Boot V2 public-key digest is burned: the chip cannot verify images",
             step.espefuse_args("secure_boot_digest.bin"), step.target, _RETIRE,
         )
-    elif ctx.digest is not None and ctx.digest not in slots.values():
+    elif ctx.digest is not None and ctx.digest not in _trusted_digests(ctx, slots):
         found = ", ".join(f"{b}={d.hex() if d else 'unreadable'}" for b, d in slots.items())
         yield EfuseFinding(
             Severity.CRITICAL, "sb-digest-foreign", ", ".join(slots), found,
@@ -268,6 +268,8 @@ def _check_secure_boot(ctx: _Context) -> Iterator[EfuseFinding]:
             "none possible: burned digests cannot be changed; this chip only boots images "
             f"signed by another key: {_RETIRE}",
         )
+    elif ctx.digest is not None:
+        yield from _check_extra_digests(ctx)
     if not ctx.value(facts.sb_enable_field):
         yield ctx.finding(
             Severity.CRITICAL if ctx.release else Severity.HIGH, "secure-boot-off",
@@ -275,6 +277,42 @@ def _check_secure_boot(ctx: _Context) -> Iterator[EfuseFinding]:
             "Secure Boot V2 is off: the chip boots any bootloader and app written to it",
             ["burn-efuse", facts.sb_enable_field, "1"], facts.sb_enable_field, _RETIRE,
         )
+
+
+def _slot_blocks(ctx: _Context) -> Iterator[tuple[str, str, list[str]]]:
+    """Per digest slot (S3/C3): its purpose, its revoke field and the blocks holding it."""
+    purposes = ctx.facts.sb_digest_purposes or ()
+    for purpose, revoke in zip(purposes, ctx.facts.sb_revoke_fields, strict=True):
+        yield purpose, revoke, _key_blocks(ctx, purpose)
+
+
+def _trusted_digests(ctx: _Context, slots: dict[str, bytes | None]) -> set[bytes | None]:
+    """The digests secure boot accepts: a revoked slot's digest no longer counts."""
+    revoked = {b for _, revoke, blocks in _slot_blocks(ctx) if ctx.value(revoke) for b in blocks}
+    return {digest for block, digest in slots.items() if block not in revoked}
+
+
+def _check_extra_digests(ctx: _Context) -> Iterator[EfuseFinding]:
+    """A second, foreign digest in an unrevoked slot: the chip also boots its images."""
+    expected = ctx.digest
+    if expected is None:
+        return
+    for purpose, revoke, blocks in _slot_blocks(ctx):
+        if ctx.value(revoke):
+            continue
+        for block in blocks:
+            field = ctx.state.get(block)
+            digest = field.raw if field.readable and isinstance(field.raw, bytes) else None
+            if digest == expected:
+                continue
+            yield ctx.finding(
+                Severity.CRITICAL, "sb-digest-extra", revoke,
+                f"{block} ({purpose})={digest.hex() if digest else 'unreadable'}, not revoked",
+                f"{revoke}=1 (only the fleet digest {expected.hex()[:16]}... trusted)",
+                f"digest slot {purpose} holds a key that is not this fleet's signing key and "
+                "is not revoked: secure boot also boots images signed by that key",
+                ["burn-efuse", revoke, "1"], revoke, _RETIRE,
+            )
 
 
 def _check_revocations(ctx: _Context) -> Iterator[EfuseFinding]:
