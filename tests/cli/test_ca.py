@@ -62,6 +62,18 @@ def test_ca_crl_json_and_out(fleet_workspace: Path, tmp_path: Path) -> None:
     assert "Next Update" in text
 
 
+def test_ca_crl_out_to_an_unwritable_path_is_an_input_error(
+    fleet_workspace: Path, tmp_path: Path, snapshot: Snapshot
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_bytes(b"x")
+    before = snapshot(fleet_workspace)
+    result = CliRunner().invoke(main, ["ca", "crl", "--out", str(blocker / "crl.pem")])
+    assert result.exit_code == 2, result.output
+    assert "cannot write the CRL to" in result.output and "Traceback" not in result.output
+    assert snapshot(fleet_workspace) == before
+
+
 def test_ca_crl_pem_and_refresh(fleet_workspace: Path) -> None:
     plain = CliRunner().invoke(main, ["ca", "crl"])
     assert plain.output.startswith("-----BEGIN X509 CRL-----")

@@ -99,3 +99,13 @@ def test_init_unknown_chip_is_a_usage_error(runner: CliRunner, tmp_path: Path) -
     result = runner.invoke(main, ["init", str(tmp_path / "f"), "--org", "A", "--chip", "esp8266"])
     assert result.exit_code == 2
     assert list(tmp_path.iterdir()) == []
+
+
+def test_init_under_a_file_is_an_error_without_traceback(runner: CliRunner, tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_bytes(b"x")
+    result = runner.invoke(main, ["init", str(blocker / "fleet"), "--org", "A"])
+    assert result.exit_code == 1, result.output
+    assert "cannot create the workspace" in result.output
+    assert "Traceback" not in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]

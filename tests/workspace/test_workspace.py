@@ -294,11 +294,11 @@ def test_failed_create_leaves_nothing(tmp_path: Path, monkeypatch: pytest.Monkey
         raise OSError("no entropy")
 
     monkeypatch.setattr(create_module, "generate_rsa3072_key", boom)
-    with pytest.raises(OSError):
+    with pytest.raises(WorkspaceError, match=r"cannot create the workspace.*no entropy"):
         Workspace.create(tmp_path / "fleet", org="Acme", passphrase=PASS)
     assert list(tmp_path.iterdir()) == []
     (tmp_path / "empty").mkdir()
-    with pytest.raises(OSError):
+    with pytest.raises(WorkspaceError, match=r"cannot create the workspace.*no entropy"):
         Workspace.create(tmp_path / "empty", org="Acme", passphrase=PASS)
     assert list((tmp_path / "empty").iterdir()) == []
 

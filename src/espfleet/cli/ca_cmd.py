@@ -9,6 +9,7 @@ import click
 from espfleet._io import atomic_write
 from espfleet.cli._context import CliContext, get_passphrase
 from espfleet.cli._output import console, echo_json, err_console
+from espfleet.errors import InputError
 from espfleet.pki.ca import utcnow
 from espfleet.pki.crl import crl_number, load_crl
 from espfleet.workspace import Workspace
@@ -73,7 +74,12 @@ def crl(obj: CliContext, out: Path | None, refresh: bool, as_json: bool) -> None
             "run `espfleet ca crl --refresh`"
         )
     if out is not None:
-        atomic_write(out, data)
+        try:
+            atomic_write(out, data)
+        except OSError as error:
+            raise InputError(
+                f"cannot write the CRL to {out}: {error.strerror}; choose another --out"
+            ) from None
     if not as_json:
         click.echo(data.decode("ascii"), nl=False)
         return

@@ -43,6 +43,16 @@ def create_at(target: Path, config: FleetConfig, passphrase: bytes) -> None:
     directory. Into an existing empty directory the entries are moved one by one,
     fleet.toml (what marks a workspace) last."""
     refuse_existing(target)
+    try:
+        _create(target, config, passphrase)
+    except OSError as error:
+        raise WorkspaceError(
+            f"cannot create the workspace at {target}: {error.strerror or error} "
+            f"({error.filename or target}): choose a writable directory"
+        ) from None
+
+
+def _create(target: Path, config: FleetConfig, passphrase: bytes) -> None:
     if target.exists():
         staging = Path(tempfile.mkdtemp(prefix=".espfleet-init-", dir=target))
         try:
