@@ -130,6 +130,21 @@ def test_workspace_secrets_found_by_exact_bytes(
     assert snapshot(fleet_workspace) == before
 
 
+def test_unknown_device_is_bad_input_not_a_silent_pass(
+    fleet_workspace: Path, tmp_path: Path
+) -> None:
+    """A mistyped --device must not make the audit pass without searching anything."""
+    _vault_device(fleet_workspace, DEVICE)
+    dump = tmp_path / "dump.bin"
+    clean_dump(dump)
+    result = run("flash", str(dump), "--workspace", str(fleet_workspace), "--device", DEVICE,
+                 "--device", "esp32-246f28c0fe0e")
+    assert result.exit_code == 2, result.output
+    assert "no device esp32-246f28c0fe0e in this workspace" in result.output
+    assert run("flash", str(dump), "--workspace", str(fleet_workspace), "--device",
+               DEVICE).exit_code == 0
+
+
 def test_wrong_passphrase_exits_2(
     fleet_workspace: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -187,7 +202,7 @@ def test_fleet_keys_found_by_name(fleet_workspace: Path, tmp_path: Path) -> None
         ca_der = ca.issuing_key.private_bytes(
             serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption())
-    broker_pem = workspace.server_key("broker", passphrase).private_bytes(  # type: ignore[attr-defined]
+    broker_pem = workspace.server_key("broker", passphrase).private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
         serialization.NoEncryption())
     dump = tmp_path / "dump.bin"

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from espfleet.audit.known_secrets import KnownSecret
-from espfleet.errors import EspfleetError
+from espfleet.errors import EspfleetError, InputError
 from espfleet.formats import nvs
 from espfleet.formats.nvs_keys import NvsKeys
 from espfleet.provisioning.bundle import MANIFEST_NAME, load_bundle
@@ -49,6 +49,14 @@ def workspace_secrets(
     if not ids:  # nothing provisioned yet: only the fleet's own keys are known
         return WorkspaceSecrets(tuple(found), ())
     vault = Vault.open(workspace.vault_dir, passphrase, create=False)
+    unknown = [d for d in device_ids
+               if not vault.contains(d) and not (workspace.bundles_dir / d).is_dir()]
+    if unknown:
+        raise InputError(
+            f"no device {', '.join(unknown)} in this workspace (no vault entry, no bundle): "
+            "check the id (bundles/<device-id>/), or leave out --device to search every "
+            "device's secrets"
+        )
     skipped: list[str] = []
     for device_id in ids:
         bundle_dir = workspace.bundles_dir / device_id
