@@ -74,6 +74,25 @@ def test_ca_crl_out_to_an_unwritable_path_is_an_input_error(
     assert snapshot(fleet_workspace) == before
 
 
+def test_rolled_back_crl_is_not_published(fleet_workspace: Path, tmp_path: Path) -> None:
+    """An older CRL is validly signed too: putting it back must not un-revoke anything."""
+    issued = CliRunner().invoke(main, ["cert", "issue", "esp32-24a1600a1b2c", "--json"])
+    serial = json.loads(issued.output)["serial"]
+    crl_path = fleet_workspace / "pki/crl.pem"
+    old_crl = crl_path.read_bytes()
+    assert CliRunner().invoke(main, ["cert", "revoke", serial]).exit_code == 0
+    crl_path.write_bytes(old_crl)
+    out = tmp_path / "published.pem"
+    refused = CliRunner().invoke(main, ["ca", "crl", "--out", str(out)])
+    assert refused.exit_code == 1, refused.output
+    assert f"e.g. serial {serial}" in refused.output and "--refresh" in refused.output
+    assert not out.exists() and crl_path.read_bytes() == old_crl
+    fixed = CliRunner().invoke(main, ["ca", "crl", "--refresh", "--json"])
+    assert fixed.exit_code == 0, fixed.output
+    assert [r["serial"] for r in json.loads(fixed.output)["revoked"]] == [serial]
+    assert CliRunner().invoke(main, ["ca", "crl"]).exit_code == 0
+
+
 def test_ca_crl_pem_and_refresh(fleet_workspace: Path) -> None:
     plain = CliRunner().invoke(main, ["ca", "crl"])
     assert plain.output.startswith("-----BEGIN X509 CRL-----")

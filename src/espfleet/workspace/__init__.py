@@ -52,8 +52,8 @@ from sqlalchemy.engine import make_url
 from espfleet._io import atomic_write
 from espfleet.backend.registry import Registry
 from espfleet.errors import InputError, PkiError, WorkspaceError
-from espfleet.pki.ca import cert_pem, fingerprint_sha256, format_serial
-from espfleet.pki.crl import crl_number, load_crl, verify_crl
+from espfleet.pki.ca import cert_pem, fingerprint_sha256, format_serial, utcnow
+from espfleet.pki.crl import crl_number, load_crl, revoked_serials, verify_crl
 from espfleet.pki.keys import PrivateKey, public_key_pem
 from espfleet.pki.store import read_bytes, read_certificate, read_private_key
 from espfleet.workspace._create import create_at
@@ -294,7 +294,25 @@ class Workspace:
         }
 
     def crl_pem(self) -> bytes:
-        return read_bytes(self.root / CRL, name=CRL)
+        """The CRL to publish, checked against the registry: it must list every unexpired
+        certificate the registry has revoked. A CRL is not in the manifest (it changes on
+        every revocation), so an older, validly signed copy put back would otherwise
+        silently un-revoke certificates."""
+        data = read_bytes(self.root / CRL, name=CRL)
+        listed = revoked_serials(load_crl(data, name=CRL))
+        with self.registry() as registry:
+            revoked = registry.certificates(status="revoked")
+        now = utcnow()
+        missing = [
+            r.serial for r in revoked if r.not_after > now and int(r.serial, 16) not in listed
+        ]
+        if missing:
+            raise WorkspaceError(
+                f"{CRL} does not list {len(missing)} certificate(s) the registry has revoked "
+                f"(e.g. serial {missing[0]}): an older CRL was put back; re-sign it from the "
+                "registry with `espfleet ca crl --refresh`"
+            )
+        return data
 
     @classmethod
     def reseal(cls, path: Path, passphrase: bytes) -> list[str]:
