@@ -312,6 +312,28 @@ def test_failed_renewal_restores_the_previous_files(
     assert (key.stat().st_mode & 0o777) == 0o600
 
 
+def test_concurrent_issue_waits_for_the_output_directory(tmp_path: Path) -> None:
+    """Files go in before the registry row: a second `cert issue` for the same device must
+    not snapshot, overwrite or roll back the first one's files while it records."""
+    import fcntl
+    import os
+
+    from espfleet.cli.cert_cmd import _undo_on_failure
+
+    out = tmp_path / "new" / "device"
+    with _undo_on_failure(out, [out / "device.pem"]):
+        fd = os.open(out, os.O_RDONLY)
+        try:
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        finally:
+            os.close(fd)
+    with pytest.raises(RuntimeError), _undo_on_failure(out, [out / "device.pem"]):
+        (out / "device.pem").write_bytes(b"half")
+        raise RuntimeError("registry refused")
+    assert (tmp_path / "new").is_dir() and not (out / "device.pem").exists()
+
+
 def test_debug_shows_a_traceback(fleet_workspace: Path) -> None:
     result = run("--debug", "cert", "issue", "nope nope")
     assert result.exit_code == 2 and "Traceback" in result.output

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
-import shutil
+import fcntl
+import os
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -31,18 +32,26 @@ def _inside(path: Path, root: Path) -> bool:
     return path.resolve().is_relative_to(root.resolve())
 
 
-@contextmanager
+@contextlib.contextmanager
 def _undo_on_failure(out_dir: Path, paths: list[Path]) -> Iterator[None]:
     """Create ``out_dir``; if the body fails, restore ``paths`` and remove the directories
-    this created. A file-system error becomes an :class:`InputError` naming the path."""
+    this created. A file-system error becomes an :class:`InputError` naming the path.
+    ``out_dir`` is locked meanwhile, so a concurrent issue for the same device cannot
+    restore over (or delete) the files of the one that won."""
     created = [d for d in (out_dir, *out_dir.parents) if not d.exists()]
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        previous = {p: (p.read_bytes(), p.stat().st_mode & 0o777) for p in paths if p.exists()}
+        lock = os.open(out_dir, os.O_RDONLY)
     except OSError as error:
         raise InputError(
             f"cannot write to {out_dir}: {error.strerror}; choose another --out"
         ) from None
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        previous = {p: (p.read_bytes(), p.stat().st_mode & 0o777) for p in paths if p.exists()}
+    except OSError as error:
+        os.close(lock)
+        raise InputError(f"cannot read {error.filename or out_dir}: {error.strerror}") from None
     try:
         yield
     except BaseException as error:
@@ -51,14 +60,17 @@ def _undo_on_failure(out_dir: Path, paths: list[Path]) -> Iterator[None]:
                 atomic_write(path, *previous[path])
             else:
                 path.unlink(missing_ok=True)
-        if created:
-            shutil.rmtree(created[-1], ignore_errors=True)
+        for directory in created:  # deepest first; one still holding files stays
+            with contextlib.suppress(OSError):
+                directory.rmdir()
         if isinstance(error, OSError):
             raise InputError(
                 f"cannot write {error.filename or out_dir}: {error.strerror}; nothing was "
                 "recorded; free some space or choose another --out"
             ) from None
         raise
+    finally:
+        os.close(lock)
 
 
 def _read_csr(path: Path, device_id: str) -> Any:
