@@ -23,6 +23,7 @@ from espfleet.formats.partition_table import from_csv
 from espfleet.provisioning import batch as batch_module
 from espfleet.provisioning.bundle import load_bundle
 from espfleet.provisioning.demo_firmware import demo_firmware, with_min_revision
+from espfleet.provisioning.flash_journal import FlashJournal
 from espfleet.provisioning.identity import verify_recovery_secret
 from espfleet.provisioning.vault import Vault
 from espfleet.workspace import Workspace
@@ -376,6 +377,43 @@ def test_flashed_device_is_never_rebuilt(
     assert result.exit_code == 0, result.output
     assert "0 built, 1 already done" in result.output
     assert snapshot(fleet_workspace) == before
+
+
+def test_release_run_never_skips_a_development_bundle_silently(
+    fleet_workspace: Path, fw: dict[str, Path], snapshot: Snapshot
+) -> None:
+    args = ["--device-id", "esp32-24a1600a1b2c", *_firmware_args(fw)]
+    assert _provision(*args, "--mode", "development").exit_code == 0
+    before = snapshot(fleet_workspace)
+    result = _provision(*args)
+    assert result.exit_code == 2, result.output
+    assert re.search(r"already provisioned in development mode.*--mode development",
+                     result.output), result.output
+    assert snapshot(fleet_workspace) == before
+    bundle = load_bundle(fleet_workspace / "bundles" / "esp32-24a1600a1b2c")
+    assert bundle.manifest.mode == "development"
+
+
+def test_damaged_bundle_whose_flash_began_is_not_rebuilt_over_the_burned_key(
+    fleet_workspace: Path, fw: dict[str, Path], snapshot: Snapshot
+) -> None:
+    """A flash that burned the key then failed leaves the registry at ``provisioned``;
+    rebuilding its bundle would replace the vault's only copy of the key in the chip."""
+    device_id = "esp32-24a1600a1b2c"
+    args = ["--device-id", device_id, *_firmware_args(fw)]
+    assert _provision(*args).exit_code == 0
+    bundle_dir = fleet_workspace / "bundles" / device_id
+    journal = FlashJournal.load(bundle_dir, device_id)
+    journal.begin(port="socket://127.0.0.1:1", mac="24:a1:60:0a:1b:2c")
+    journal.mark_burn_started("24:a1:60:0a:1b:2c")
+    journal.finish("failed", "link lost during pre_flash")
+    (bundle_dir / "manifest.json").write_text("{}")
+    before = snapshot(fleet_workspace)
+    result = _provision(*args)
+    assert result.exit_code == 2, result.output
+    assert "began burning its eFuses" in result.output
+    assert snapshot(fleet_workspace) == before
+    assert Vault.open(fleet_workspace / "vault", PASS, create=False).contains(device_id)
 
 
 @pytest.mark.slow

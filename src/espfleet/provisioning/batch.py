@@ -36,10 +36,11 @@ from sqlalchemy import select
 from espfleet._io import atomic_directory
 from espfleet.backend.models import Certificate, Device
 from espfleet.backend.registry import Registry
-from espfleet.errors import EspfleetError, ProvisioningError
+from espfleet.errors import EspfleetError, FlashError, InputError, ProvisioningError
 from espfleet.formats.nvs_keys import NvsKeys
 from espfleet.pki.ca import CertificateAuthority
 from espfleet.provisioning.bundle import MANIFEST_NAME, CertificateInfo, write_bundle
+from espfleet.provisioning.flash_journal import JOURNAL_NAME, FlashJournal
 from espfleet.provisioning.identity import hash_recovery_secret, new_recovery_secret
 from espfleet.provisioning.plan import DeviceKeys, DeviceRequest, FleetPolicy, plan_device
 from espfleet.provisioning.vault import Vault
@@ -173,9 +174,17 @@ def bundle_sha256(bundle_dir: Path) -> str | None:
         return None
 
 
-def done_devices(registry: Registry, bundles_dir: Path, device_ids: Sequence[str]) -> set[str]:
+def done_devices(
+    registry: Registry, bundles_dir: Path, device_ids: Sequence[str], *, mode: str | None = None
+) -> set[str]:
     """Devices not to build again: recorded ``provisioned`` with the same bundle hash, or
-    already flashed (their keys are in a chip: a new bundle would not match it)."""
+    already flashed (their keys are in a chip: a new bundle would not match it).
+
+    Refuses (nothing changed) a device that ``mode`` would silently skip although it was
+    provisioned in the other mode, and a device whose bundle changed after
+    ``espfleet flash`` began burning it: rebuilding would replace the only copy of the
+    flash-encryption key its chip already holds.
+    """
     done = set()
     for device_id in device_ids:
         record = registry.get_device(device_id)
@@ -184,8 +193,31 @@ def done_devices(registry: Registry, bundles_dir: Path, device_ids: Sequence[str
         if record.status != "provisioned" or (
             record.bundle_sha256 and record.bundle_sha256 == bundle_sha256(bundles_dir / device_id)
         ):
+            if mode is not None and record.mode is not None and record.mode != mode:
+                raise InputError(
+                    f"device {device_id} is already {record.status} in {record.mode} mode, "
+                    f"so this {mode} run would skip it and leave it in {record.mode} mode: "
+                    f"provision it with --mode {record.mode}, or leave it out of this batch; "
+                    "nothing was changed"
+                )
             done.add(device_id)
+        elif _flash_started(bundles_dir / device_id, device_id):
+            raise InputError(
+                f"the bundle of {device_id} changed after `espfleet flash` began burning its "
+                f"eFuses ({bundles_dir / device_id / JOURNAL_NAME}): its chip may already hold "
+                "the flash-encryption key sealed for that bundle, and a rebuild would replace "
+                f"it. Restore bundles/{device_id} from backup and re-run `espfleet flash`; "
+                "nothing was changed"
+            )
     return done
+
+
+def _flash_started(bundle_dir: Path, device_id: str) -> bool:
+    """Whether the bundle's flash journal records a started burn (or cannot be read)."""
+    try:
+        return FlashJournal.load(bundle_dir, device_id).burn_started
+    except FlashError:
+        return True
 
 
 def clean_leftovers(bundles_dir: Path, pending: Sequence[str], vault: Vault) -> list[str]:
@@ -254,7 +286,7 @@ def run_batch(
         raise ProvisioningError("the batch names a device twice")
     # Derived once here; forked workers inherit the key (and kdf.json exists before them).
     vault = Vault.open(vault_dir, passphrase)
-    done = done_devices(registry, bundles_dir, ids)
+    done = done_devices(registry, bundles_dir, ids, mode=policy.mode)
     pending = [r for r in requests if r.device_id not in done]
     clean_leftovers(bundles_dir, [r.device_id for r in pending], vault)
     results: list[DeviceResult] = []

@@ -84,6 +84,11 @@ class FlashJournal:
         finally:
             os.close(fd)
 
+    @property
+    def burn_started(self) -> bool:
+        """True if a run began burning the plan into some chip."""
+        return bool(self.data.get("burn_started_mac"))
+
     def started_burning(self, mac: str) -> bool:
         """True if an earlier run began burning the plan into the chip with ``mac``."""
         return self.data.get("burn_started_mac") == mac
