@@ -314,3 +314,38 @@ def test_fleet_digest_only_in_a_revoked_slot_is_not_trusted(tmp_path: Path) -> N
     )
     commands.burn_efuse({"SECURE_BOOT_KEY_REVOKE0": 1})
     assert "sb-digest-foreign" in {f.kind for f in audit("esp32s3", path).findings}
+
+
+@pytest.mark.parametrize("chip", CHIPS)
+def test_fix_commands_are_safe_to_run_top_to_bottom(tmp_path: Path, chip: str) -> None:
+    """Following a blank chip's fixes in order must not lock espefuse out half way, and
+    the burns that brick a chip without matching images say so."""
+    facts = chip_facts(chip)
+    path = blank(tmp_path, chip)
+    report = audit(chip, path)
+    lock = facts.release_hardening[-1]
+    chained = f"espefuse --chip {chip} --port PORT burn-efuse {lock} 1" + "".join(
+        f" write-protect-efuse {n}" for n in facts.write_protect_after_download_lock)
+    tail = [(f.kind, f.efuse) for f in report.findings][-1 - len(
+        facts.write_protect_after_download_lock):]
+    assert tail == [("download-mode-open", lock)] + [
+        ("not-write-protected", n) for n in facts.write_protect_after_download_lock]
+    assert {f.command for f in report.findings if (f.kind, f.efuse) in tail} == {chained}
+    assert all("burn this last" in f.fix for f in report.findings if (f.kind, f.efuse) in tail)
+    by_kind = {f.kind: f for f in report.findings}
+    assert "only once the key is burned" in by_kind["flash-encryption-off"].fix
+    assert "only once the digest is burned" in by_kind["secure-boot-off"].fix
+
+    # the chained command really does both (ESP32: WR_DIS of FLASH_CRYPT_CNT also
+    # write-protects UART_DOWNLOAD_DIS, so it cannot come first)
+    commands = espefuse.init_commands(
+        esp=espefuse.get_esp(chip=chip, virt=True, virt_efuse_file=str(path)),
+        do_not_confirm=True,
+    )
+    commands.use_batch_mode()
+    commands.burn_efuse({lock: 1})
+    for name in facts.write_protect_after_download_lock:
+        commands.write_protect_efuse([name])
+    commands.burn_all(check_batch_mode=True)
+    after = kinds(audit(chip, path))
+    assert not {k for k in after if k in tail}

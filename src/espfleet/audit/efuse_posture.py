@@ -85,6 +85,12 @@ class _Context:
     def value(self, name: str) -> int:
         return self.state.get(name).as_int
 
+    @property
+    def lock_field(self) -> str:
+        """The download-mode lock the release plan burns last."""
+        hardening = self.facts.release_hardening
+        return next(f for f in reversed(hardening) if f in self.facts.download_lock_fields)
+
     def lock(self) -> str | None:
         """Why espefuse cannot reach this chip any more, or None."""
         for name in self.facts.download_lock_fields:
@@ -115,9 +121,13 @@ class _Context:
         args: list[str],
         field: str | None,
         unfixable: str,
+        caution: str = "",
     ) -> EfuseFinding:
         command, reason = self.command(args, field)
-        fix = f"run: {command}" if command else f"none possible: {reason}; {unfixable}"
+        if command:
+            fix = f"{caution}: run: {command}" if caution else f"run: {command}"
+        else:
+            fix = f"none possible: {reason}; {unfixable}"
         return EfuseFinding(severity, kind, efuse, found, required, message, fix, command)
 
 
@@ -139,14 +149,48 @@ def audit_efuses(
     plan = plan_for(state.chip, mode)
     ctx = _Context(state, facts, plan, expected_digest)
     findings = [f for check in _CHECKS for f in check(ctx)]
-    findings.sort(key=lambda f: -f.severity)
+    # Listed in an order that is safe to fix top to bottom: the download-mode lock
+    # (and what it must come with) last, since espefuse cannot reach the chip after it.
+    findings.sort(key=lambda f: (_runs_last(facts, f), -f.severity))
     notes = plan.leaves_open()
     if unverified:
         notes += (f"not verified, assumed as required: {', '.join(unverified)}",)
     return EfuseReport(chip=facts.name, mode=plan.mode, findings=tuple(findings), notes=notes)
 
 
+#: Burns that brick a chip whose flash does not hold matching images yet.
+_FE_CAUTION = (
+    "only once the key is burned and the flash holds images encrypted with it, or the "
+    "chip no longer boots (on an unprovisioned chip `espfleet flash DEVICE_ID --port PORT` "
+    "burns in the safe order)"
+)
+_SB_CAUTION = (
+    "only once the digest is burned and the flash holds a bootloader and app signed with "
+    "that key, or the chip no longer boots (on an unprovisioned chip `espfleet flash "
+    "DEVICE_ID --port PORT` burns in the safe order)"
+)
+_LAST_CAUTION = (
+    "burn this last, after every other fix: once download mode is locked espefuse cannot "
+    "reach the chip"
+)
 _RETIRE = "treat this chip as unfit for release: keep it on the bench or scrap it"
+
+
+def _runs_last(facts: ChipFacts, finding: EfuseFinding) -> bool:
+    return finding.kind == "download-mode-open" or (
+        finding.kind == "not-write-protected"
+        and finding.efuse in facts.write_protect_after_download_lock
+    )
+
+
+def _lock_args(ctx: _Context, lock: str) -> list[str]:
+    """The download-lock burn, chained with the write protections that must follow it
+    (ESP32: write-protecting FLASH_CRYPT_CNT also locks UART_DOWNLOAD_DIS at 0)."""
+    args = ["burn-efuse", lock, "1"]
+    for name in ctx.facts.write_protect_after_download_lock:
+        if ctx.state.get(name).writeable:
+            args += ["write-protect-efuse", name]
+    return args
 
 
 def _key_blocks(ctx: _Context, prefix: str) -> list[str]:
@@ -208,6 +252,7 @@ def _check_crypt_counter(ctx: _Context) -> Iterator[EfuseFinding]:
             "flash encryption is off: every `esptool read-flash` returns plaintext",
             ["burn-efuse", name, hex(target)], name,
             "flash encryption can never be turned on again on this chip: " + _RETIRE,
+            _FE_CAUTION,
         )
         return
     if ctx.release and have != facts.crypt_cnt_release:
@@ -276,6 +321,7 @@ def _check_secure_boot(ctx: _Context) -> Iterator[EfuseFinding]:
             facts.sb_enable_field, "0", "1",
             "Secure Boot V2 is off: the chip boots any bootloader and app written to it",
             ["burn-efuse", facts.sb_enable_field, "1"], facts.sb_enable_field, _RETIRE,
+            _SB_CAUTION,
         )
 
 
@@ -343,13 +389,13 @@ def _check_hardening(ctx: _Context) -> Iterator[EfuseFinding]:
             ["burn-efuse", name, "1"], name, _RETIRE,
         )
     if ctx.lock() is None:
-        lock = next(f for f in reversed(facts.release_hardening) if f in facts.download_lock_fields)
+        lock = ctx.lock_field
         found = ", ".join(f"{f}=0" for f in facts.download_lock_fields)
         yield ctx.finding(
             Severity.HIGH, "download-mode-open", lock, found, f"{lock}=1",
             "UART download mode is open: with a cable anyone can talk to the ROM loader "
             "(read flash, read eFuses, try glitching)",
-            ["burn-efuse", lock, "1"], lock, _RETIRE,
+            _lock_args(ctx, lock), lock, _RETIRE, _LAST_CAUTION,
         )
 
 
@@ -362,13 +408,18 @@ def _check_write_protection(ctx: _Context) -> Iterator[EfuseFinding]:
         ctx.facts.crypt_cnt_field: "the crypt counter is not write-protected: burning "
         "another bit turns flash encryption off",
     }
+    lock = ctx.lock_field
     for name in ctx.facts.release_write_protect:
         if not ctx.state.get(name).writeable:
             continue
+        args, caution = ["write-protect-efuse", name], ""
+        if name in ctx.facts.write_protect_after_download_lock and ctx.state.get(lock).writeable:
+            args = _lock_args(ctx, lock)
+            caution = (f"together with {lock}, last (write-protecting {name} also locks "
+                       f"{lock}); {_LAST_CAUTION}")
         yield ctx.finding(
             Severity.HIGH, "not-write-protected", name, "writable", "write-protected",
-            why.get(name, f"{name} is not write-protected"),
-            ["write-protect-efuse", name], None, _RETIRE,
+            why.get(name, f"{name} is not write-protected"), args, None, _RETIRE, caution,
         )
 
 
