@@ -161,7 +161,10 @@ def test_list_expiring_within(fleet_workspace: Path) -> None:
     [soon] = run_json("cert", "list", "--expiring-within", "800")
     assert soon["device_id"] == DEVICE
     table = run("cert", "list")
-    assert table.exit_code == 0 and DEVICE in table.output
+    assert table.exit_code == 0
+    header, row = table.output.splitlines()
+    assert header.split() == ["device", "status", "not", "after", "(UTC)", "serial"]
+    assert row.split()[0] == DEVICE and row.split()[-1] == soon["serial"]  # whole, never cut
 
 
 # -- bad input: a clear error, the right exit code, and nothing changed on disk ----------

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.table import Table
 
 from espfleet._io import atomic_write
 from espfleet.cli._context import CliContext, get_passphrase
@@ -204,7 +203,12 @@ def list_(obj: CliContext, expiring_within: int | None, as_json: bool) -> None:
     if as_json:
         echo_json([record.to_json() for record in records])
         return
-    table = Table("serial", "device", "status", "not after")
+    # Plain columns, never cut to the terminal width: the serial and the device id are
+    # what `cert revoke` takes, so they must survive copy-paste and grep.
+    width = max([len("device"), *(len(record.device_id) for record in records)])
+    click.echo(f"{'device':<{width}}  {'status':<10}  {'not after (UTC)':<16}  serial")
     for record in records:
-        table.add_row(record.serial, record.device_id, record.status, f"{record.not_after}")
-    console.print(table)
+        click.echo(
+            f"{record.device_id:<{width}}  {record.status:<10}  "
+            f"{record.not_after:%Y-%m-%d %H:%M}  {record.serial}"
+        )
