@@ -26,6 +26,12 @@ def test_ca_show_json(fleet_workspace: Path) -> None:
     assert info["issuing_ca"]["fingerprint_sha256"] == fingerprint_sha256(ws.issuing_cert)
     assert set(info["servers"]) == {"broker", "ota"}
     assert info["crl"]["path"] == str(fleet_workspace / "pki/crl.pem")
+    for entry, command in ((info["crl"], "crl"), (info["servers"]["broker"], "x509")):
+        openssl = subprocess.run(
+            ["openssl", command, "-in", entry["path"], "-noout", "-fingerprint", "-sha256"],
+            check=True, capture_output=True, text=True,
+        ).stdout
+        assert openssl.split("=")[1].strip().replace(":", "").lower() == entry["fingerprint_sha256"]
     assert info["secure_boot"]["public_key_digest_sha256"] == ws.secure_boot_digest().hex()
 
 

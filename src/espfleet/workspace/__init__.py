@@ -38,6 +38,7 @@ Stable API (used by provisioning, audit, backend, demo)::
 
 from __future__ import annotations
 
+import hashlib
 import io
 from collections.abc import Sequence
 from functools import cached_property
@@ -46,6 +47,7 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from sqlalchemy.engine import make_url
 
@@ -277,6 +279,9 @@ class Workspace:
             "chain": str(self.root / CHAIN),
             "crl": {
                 "path": str(self.root / CRL),
+                "fingerprint_sha256": hashlib.sha256(
+                    crl.public_bytes(serialization.Encoding.DER)
+                ).hexdigest(),
                 "number": crl_number(crl),
                 "this_update": crl.last_update_utc.isoformat(),
                 "next_update": (
