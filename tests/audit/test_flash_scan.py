@@ -157,6 +157,16 @@ def test_plaintext_image_of_any_esp_chip_is_found(kit: Any, vectors: Any) -> Non
     assert {("plaintext-app", 0x30000), ("plaintext-bootloader", 0x0)} <= found
 
 
+def test_wrong_chip_does_not_hide_a_plaintext_bootloader(kit: Any, vectors: Any) -> None:
+    """An ESP32 dump audited as esp32s3 (bootloader at 0x0) still shows the plaintext
+    ESP32 bootloader at 0x1000 at high, not as an anonymous low-entropy region."""
+    dump = kit.clean_dump()
+    kit.plant(dump, 0x1000, (vectors / "bootloader_esp32.bin").read_bytes())
+    report = scan_flash(bytes(dump), chip=chip_facts("esp32s3"))
+    assert ("plaintext-bootloader", 0x1000) in {
+        (f.kind, f.offset) for f in report.failing(Severity.HIGH)}
+
+
 def test_encrypted_boot_chain_is_not_flagged(kit: Any, vectors: Any) -> None:
     dump = kit.clean_dump()
     kit.plant(dump, 0x1000, (vectors / "bootloader-encrypted.bin").read_bytes())

@@ -62,13 +62,12 @@ def scan_flash(
     chip: ChipFacts | None = None,
     known_secrets: Sequence[KnownSecret] = (),
 ) -> FlashReport:
-    """Audit a raw flash dump. ``chip`` pins the bootloader offset; without it every
-    supported chip's offset is checked."""
+    """Audit a raw flash dump. ``chip`` is recorded in the report; every supported
+    chip's bootloader offset is checked regardless, so a wrong ``chip`` cannot hide a
+    plaintext bootloader."""
     if not data:
         raise InputError("the flash dump is empty: read it with `esptool read-flash 0 <size>`")
-    bootloader_offsets = (
-        (chip.bootloader_offset,) if chip else tuple({c.bootloader_offset for c in CHIPS.values()})
-    )
+    bootloader_offsets = tuple(sorted({c.bootloader_offset for c in CHIPS.values()}))
     findings = [
         *scan_secrets(data),
         *scan_known_secrets(data, known_secrets),

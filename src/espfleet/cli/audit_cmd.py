@@ -75,7 +75,8 @@ def _severity(severity: Severity) -> str:
 @audit.command(name="flash")
 @click.argument("dump", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--chip", type=_chip_choice, default=None,
-              help="Chip of the dump (pins the bootloader offset; default: any).")
+              help="Chip of the dump, for the report (every chip's bootloader offset "
+              "is checked).")
 @click.option("--workspace", "workspace_dir", type=click.Path(file_okay=False, path_type=Path),
               default=None, help="Also search for every secret this fleet workspace knows "
               "(needs the passphrase: $ESPFLEET_PASSPHRASE or a prompt).")
