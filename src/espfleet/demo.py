@@ -31,6 +31,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,6 +74,7 @@ class DemoReport:
     steps: list[DemoStep] = field(default_factory=list)
     devices: list[dict[str, Any]] = field(default_factory=list)
     attack: dict[str, Any] | None = None
+    seconds: float = 0.0
 
     @property
     def ok(self) -> bool:
@@ -86,6 +88,7 @@ class DemoReport:
             "steps": [step.to_json() for step in self.steps],
             "devices": self.devices,
             "attack": self.attack,
+            "seconds": round(self.seconds, 3),
         }
 
 
@@ -201,11 +204,13 @@ def run_demo(
         say("ok", name)
         return detail
 
+    started = time.monotonic()
     try:
         _run_steps(tool, step, report, devices=devices, chip=chip)
     except EspfleetError:
         pass
     finally:
+        report.seconds = time.monotonic() - started
         if temporary and not keep:
             shutil.rmtree(workspace.parent, ignore_errors=True)
     return report
@@ -227,9 +232,10 @@ def _run_steps(
         "provision", "--count", str(devices), "--firmware", firmware["app"],
         "--bootloader", firmware["bootloader"], "--mode", "release", "--json",
     ])[1])
-    ids = [d["device_id"] for d in provisioned["devices"]]
-    for device_id in ids:
-        report.devices.append(_device(tool, step, device_id, chip))
+    ids = sorted(d["device_id"] for d in provisioned["devices"])
+    # Each device has its own chip process and esptool session: run them side by side.
+    with ThreadPoolExecutor(max_workers=min(len(ids), os.cpu_count() or 1)) as pool:
+        report.devices.extend(pool.map(lambda d: _device(tool, step, d, chip), ids))
     report.attack = step(
         "attack: one bit flipped in an encrypted app", lambda: _tampered_app(tool, ids[0])
     )
@@ -344,4 +350,5 @@ def _tampered_app(tool: _Espfleet, device_id: str) -> dict[str, Any]:
         # A crash is not a refusal: only the boot chain saying no counts.
         raise DemoError(f"booting the tampered copy failed without a boot verdict: {data}")
     return {"device": victim, "flipped_bit_at": hex(target), "refused": True,
-            "stage": data.get("stage"), "reason": data["reason"]}
+            "stage": data.get("stage"), "reason": data["reason"],
+            "log_tail": list(data.get("log", []))[-6:]}

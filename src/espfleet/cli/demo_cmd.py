@@ -65,7 +65,7 @@ def _summary(report: DemoReport) -> None:
         table.add_row(
             d["device_id"], str(d["efuses_burned"]), str(d["images_written"]),
             str(d["locks_burned"]), str(d["booted_slot"]), str(d["fw_version"]),
-            f"pass ({d['flash_findings'] + d['efuse_findings']} below high)",
+            "pass" + (f" ({n} low)" if (n := d["flash_findings"] + d["efuse_findings"]) else ""),
         )
     console.print(table)
     if report.attack:
@@ -74,7 +74,8 @@ def _summary(report: DemoReport) -> None:
             f"[bold]Attack refused:[/] one bit flipped at {a['flipped_bit_at']} of "
             f"{a['device']}'s encrypted app -> boot stopped in {a['stage']}: {a['reason']}"
         )
-    total = sum(s.seconds for s in report.steps)
-    console.print(f"{len(report.steps)} steps in {total:.1f} s")
+        for line in a.get("log_tail", []):
+            console.print(f"  [dim]{line}[/]")
+    console.print(f"{len(report.steps)} steps in {report.seconds:.1f} s")
     if report.kept:
         err_console.print(f"workspace: {report.workspace}")
