@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from cryptography import x509
 
 from espfleet.cli import main
 from espfleet.pki.ca import fingerprint_sha256, utcnow
@@ -97,6 +98,31 @@ def test_rolled_back_crl_is_not_published(fleet_workspace: Path, tmp_path: Path)
     assert fixed.exit_code == 0, fixed.output
     assert [r["serial"] for r in json.loads(fixed.output)["revoked"]] == [serial]
     assert CliRunner().invoke(main, ["ca", "crl"]).exit_code == 0
+
+
+def test_tampered_registry_cannot_unrevoke_through_a_crl_refresh(fleet_workspace: Path) -> None:
+    """registry.db changes with every operation, so the manifest cannot sign it: a row
+    edited back to "active" must not drop the serial from the next CRL."""
+    import sqlite3
+
+    issued = CliRunner().invoke(main, ["cert", "issue", "esp32-24a1600a1b2c", "--json"])
+    serial = json.loads(issued.output)["serial"]
+    revoked = CliRunner().invoke(main, ["cert", "revoke", serial, "--reason", "key_compromise"])
+    assert revoked.exit_code == 0, revoked.output
+    with sqlite3.connect(fleet_workspace / "registry.db") as db:
+        db.execute("update certificates set status = 'active', revoked_at = null")
+    refreshed = CliRunner().invoke(main, ["ca", "crl", "--refresh", "--json"])
+    assert refreshed.exit_code == 0, refreshed.output
+    [entry] = list(load_crl((fleet_workspace / "pki/crl.pem").read_bytes()))
+    assert f"{entry.serial_number:x}" == serial
+    reason = entry.extensions.get_extension_for_class(x509.CRLReason).value.reason
+    assert reason == x509.ReasonFlags.key_compromise
+    other = CliRunner().invoke(main, ["cert", "issue", "esp32-000000000001", "--json"])
+    other_serial = json.loads(other.output)["serial"]
+    assert CliRunner().invoke(main, ["cert", "revoke", other_serial]).exit_code == 0
+    crl = load_crl((fleet_workspace / "pki/crl.pem").read_bytes())
+    listed = {f"{e.serial_number:x}" for e in crl}
+    assert listed == {serial, other_serial}
 
 
 def test_ca_crl_pem_and_refresh(fleet_workspace: Path) -> None:

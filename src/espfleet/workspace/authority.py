@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from cryptography import x509
+
 from espfleet._io import atomic_write
 from espfleet.backend.registry import CertRecord, Registry
 from espfleet.device_id import parse_device_id
@@ -96,10 +98,10 @@ class IssuingAuthority(CertificateAuthority):
                 f"unknown revocation reason {reason!r}: use one of {', '.join(REVOCATION_REASONS)}"
             )
         stamp = now or utcnow()
-        number = self._current_crl_number() + 1
+        current = self._current_crl()
 
         def publish(revoked: Sequence[CertRecord]) -> None:
-            atomic_write(self.crl_path, self._sign(revoked, number, stamp))
+            atomic_write(self.crl_path, self._sign(revoked, current, stamp))
 
         return self.registry.revoke(
             self.resolve_serial(target), reason, now=stamp, before_commit=publish
@@ -108,27 +110,46 @@ class IssuingAuthority(CertificateAuthority):
     def regenerate_crl(self, *, now: dt.datetime | None = None) -> bytes:
         """Re-sign the CRL from the registry (e.g. before nextUpdate) and write it."""
         stamp = now or utcnow()
-        data = self._sign(
-            self.registry.certificates(status="revoked"), self._current_crl_number() + 1, stamp
-        )
+        data = self._sign(self.registry.certificates(status="revoked"), self._current_crl(), stamp)
         atomic_write(self.crl_path, data)
         return data
 
     def crl_pem(self) -> bytes:
         return read_bytes(self.crl_path, name="pki/crl.pem")
 
-    def _current_crl_number(self) -> int:
+    def _current_crl(self) -> x509.CertificateRevocationList:
         crl = load_crl(self.crl_pem(), name="pki/crl.pem")
         verify_crl(crl, self.issuing_cert)
-        return crl_number(crl)
+        return crl
 
-    def _sign(self, revoked: Sequence[CertRecord], number: int, now: dt.datetime) -> bytes:
-        entries = [
-            RevokedEntry(
+    def _sign(
+        self,
+        revoked: Sequence[CertRecord],
+        current: x509.CertificateRevocationList,
+        now: dt.datetime,
+    ) -> bytes:
+        """The next CRL: the registry's revoked certificates plus every entry of the
+        current (verified) CRL. A re-signed CRL never drops a serial, so a registry row
+        edited back to "active" cannot un-revoke a certificate."""
+        entries = {
+            int(record.serial, 16): RevokedEntry(
                 serial=int(record.serial, 16),
                 revoked_at=record.revoked_at or now,
                 reason=record.revocation_reason or "unspecified",
             )
             for record in revoked
-        ]
-        return self.sign_crl(entries, number=number, now=now)
+        }
+        for listed in current:
+            if listed.serial_number not in entries:
+                entries[listed.serial_number] = _carried(listed)
+        return self.sign_crl(list(entries.values()), number=crl_number(current) + 1, now=now)
+
+
+def _carried(listed: x509.RevokedCertificate) -> RevokedEntry:
+    try:
+        reason = listed.extensions.get_extension_for_class(x509.CRLReason).value.reason.name
+    except x509.ExtensionNotFound:
+        reason = "unspecified"
+    return RevokedEntry(
+        serial=listed.serial_number, revoked_at=listed.revocation_date_utc, reason=reason
+    )
