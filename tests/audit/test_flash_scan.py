@@ -125,6 +125,17 @@ def test_plaintext_nvs_entries_found_at_their_offsets(kit: Any) -> None:
     assert "hunt" in wifi.message and "hunter2-but-longer" not in wifi.message
 
 
+def test_plaintext_wifi_pmk_in_nvs_is_a_secret(kit: Any) -> None:
+    """ESP-IDF's Wi-Fi driver caches the PMK (the WPA2 PSK) as blob ``sta.pmk``: as
+    good as the password to join the network."""
+    nvs = kit.nvs_partition([("sta.pmk", "hex2bin", "5a" * 32), ("boot_count", "u32", "7")])
+    dump = kit.clean_dump()
+    kit.plant(dump, 0x9000, nvs)
+    secrets = [f for f in scan_flash(bytes(dump)).findings if f.kind == "nvs-secret"]
+    assert len(secrets) == 1 and "'sta.pmk'" in secrets[0].message
+    assert secrets[0].severity == Severity.CRITICAL
+
+
 def test_encrypted_nvs_is_not_readable(kit: Any) -> None:
     """Page headers stay plaintext under NVS encryption; the entries do not."""
     nvs = kit.nvs_partition([("wifi_pass", "string", "hunter2-but-longer")], key=os.urandom(64))

@@ -40,8 +40,10 @@ _NVS_ACTIVE_STATES = {0xFFFFFFFE, 0xFFFFFFFC, 0xFFFFFFF8}
 _NVS_ENTRIES = 126
 _NVS_STRING, _NVS_BLOB_DATA, _NVS_BLOB_INDEX = 0x21, 0x42, 0x48
 _NVS_TYPES = {0x01, 0x11, 0x02, 0x12, 0x04, 0x14, 0x08, 0x18, 0x21, 0x41, 0x42, 0x48}
+#: Key names that hold secrets (ESP-IDF's Wi-Fi driver keeps ``sta.pswd`` and the PSK
+#: derived from it, ``sta.pmk``, as good as the password, in NVS namespace nvs.net80211).
 _SECRET_KEY_NAME = re.compile(
-    rb"(?i)pass|pswd|pwd|psk|secret|token|priv|key|recovery|cred|auth"
+    rb"(?i)pass|pswd|pwd|psk|pmk|secret|token|priv|key|recovery|cred|auth"
 )
 #: nvs_keys: two 32-byte keys, their CRC32, then erased flash to the end of the page.
 _KEYS_BODY = 68
@@ -159,7 +161,10 @@ def _nvs_regions(data: bytes) -> Iterator[tuple[int, int]]:
 def _readable_region(
     data: bytes, start: int, end: int, entries: list[NvsEntry]
 ) -> list[Finding]:
-    secrets = [e for e in entries if e.looks_secret and e.type != _NVS_BLOB_INDEX]
+    # An all-zero or erased value is a placeholder (nvs_partition_gen writes sta.pmk as
+    # 32 zero bytes when it has no password), not a secret.
+    secrets = [e for e in entries if e.looks_secret and e.type != _NVS_BLOB_INDEX
+               and e.value.strip(b"\x00\xff")]
     findings = [Finding(
         Severity.HIGH,
         "plaintext-nvs",
