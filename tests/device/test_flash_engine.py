@@ -99,3 +99,29 @@ def test_unaligned_encrypted_write_is_refused(vectors: Path) -> None:
     with pytest.raises(DeviceError, match="aligned"):
         chip.write_encrypted(0x10, b"\x00" * 32)
     assert chip.flash.read(0, 64) == b"\xff" * 64
+
+
+@pytest.mark.parametrize("chip_name", ["esp32s3", "esp32c3"])
+def test_xts_key_in_block_key5_is_not_used_by_the_engine(chip_name: str) -> None:
+    """SOC_EFUSE_BLOCK9_KEY_PURPOSE_QUIRK: espefuse refuses an XTS purpose on KEY5 and
+    the AES engine never takes a key from it; a raw register burn must not make one work."""
+    chip = VirtualChip.new(chip_name)
+    _burn_key(chip, "BLOCK_KEY5", bytes(range(32)))
+    chip.burn_efuse("KEY_PURPOSE_5", 4)  # XTS_AES_128_KEY, as espefuse would not allow
+    chip.burn_efuse("SPI_BOOT_CRYPT_CNT", 1)
+    assert chip.hardware_key() is None
+    with pytest.raises(DeviceError, match="no flash-encryption key"):
+        chip.read_decrypted(0, 32)
+
+
+def test_c3_has_no_xts_aes_256_key_purposes() -> None:
+    """Purposes 2/3 are XTS-AES-256 halves on S3 only; on C3 they are reserved."""
+    key = bytes(range(64))
+    chips = {name: VirtualChip.new(name) for name in ("esp32s3", "esp32c3")}
+    for chip in chips.values():
+        _burn_key(chip, "BLOCK_KEY0", key[:32])
+        _burn_key(chip, "BLOCK_KEY1", key[32:])
+        chip.burn_efuse("KEY_PURPOSE_0", 2)
+        chip.burn_efuse("KEY_PURPOSE_1", 3)
+    assert chips["esp32s3"].hardware_key() == key
+    assert chips["esp32c3"].hardware_key() is None
