@@ -53,11 +53,11 @@ def engine_key(efuse: EfuseController) -> bytes | None:
         return None if not any(block) else block[::-1]
     by_purpose: dict[int, bytes] = {}
     for n in range(6):
-        block = f"BLOCK_KEY{n}"
-        if block in facts.key_block_for_xts_forbidden:
+        key_block = f"BLOCK_KEY{n}"
+        if key_block in facts.key_block_for_xts_forbidden:
             continue  # SOC_EFUSE_BLOCK9_KEY_PURPOSE_QUIRK: the AES engine never reads it
         purpose = efuse.get(f"KEY_PURPOSE_{n}", hardware=True)
-        by_purpose.setdefault(purpose, efuse.block_bytes(block, hardware=True)[::-1])
+        by_purpose.setdefault(purpose, efuse.block_bytes(key_block, hardware=True)[::-1])
     if KeyPurposes.XTS_AES_128_KEY in by_purpose:
         return by_purpose[KeyPurposes.XTS_AES_128_KEY]
     if 64 not in facts.fe_key_lengths:
