@@ -45,6 +45,17 @@ def test_schema_is_created_by_the_migration(url: str, registry: Registry) -> Non
     assert head_revision() == "0001"
 
 
+def test_models_match_the_migrations(url: str, registry: Registry) -> None:
+    """A later issue that adds a model or column without a migration fails here."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    from espfleet.backend.models import Base
+
+    with registry.engine.connect() as conn:
+        assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
+
+
 def test_upgrade_from_0001_to_head_is_idempotent(url: str) -> None:
     engine = create_engine(url)
     upgrade(engine, "0001")
