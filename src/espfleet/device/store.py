@@ -64,9 +64,12 @@ def _describe(chip: VirtualChip) -> dict[str, Any]:
 
 
 def _write_all(chip: VirtualChip, directory: Path) -> None:
-    atomic_write(directory / FLASH_FILE, chip.flash.snapshot())
-    atomic_write(directory / EFUSE_FILE, chip.efuse_bytes())
+    # The silicon-only file goes first: loading ORs it into the register view, so a crash
+    # between the two eFuse files may show a burn early but never loses a key that
+    # efuse.bin already reads as zeros (read protection burned).
     atomic_write(directory / SILICON_ONLY_FILE, chip.efuse.hardware_bytes(), mode=0o600)
+    atomic_write(directory / EFUSE_FILE, chip.efuse_bytes())
+    atomic_write(directory / FLASH_FILE, chip.flash.snapshot())
     atomic_write_text(directory / CHIP_FILE, json.dumps(_describe(chip), indent=2) + "\n")
 
 
