@@ -121,13 +121,12 @@ def test_crash_between_the_efuse_files_never_loses_a_read_protected_key(
 ) -> None:
     """A serve process killed while persisting a read-protect burn: whichever file made
     it to disk, the stored chip never reads its key as zeros while the engine lacks it."""
-    from espfleet.device import store
+    from espfleet._io import atomic_write as real_write
 
     key = os.urandom(32)
     chip = create_vdev(tmp_path / "d1", "esp32")
     chip.burn_efuse("BLOCK1", int.from_bytes(key, "big"))
     chip.burn_efuse("RD_DIS", 1)
-    real_write = store.atomic_write
     written: list[str] = []
 
     def crash_after_one_efuse_file(path: Path, data: bytes, **kwargs: int) -> None:
@@ -137,7 +136,7 @@ def test_crash_between_the_efuse_files_never_loses_a_read_protected_key(
         if path.name in (EFUSE_FILE, SILICON_ONLY_FILE):
             written.append(path.name)
 
-    monkeypatch.setattr(store, "atomic_write", crash_after_one_efuse_file)
+    monkeypatch.setattr("espfleet.device.store.atomic_write", crash_after_one_efuse_file)
     with pytest.raises(KeyboardInterrupt):
         save_vdev(chip, tmp_path / "d1")
     stored = load_vdev(tmp_path / "d1")
