@@ -416,6 +416,21 @@ def test_damaged_bundle_whose_flash_began_is_not_rebuilt_over_the_burned_key(
     assert Vault.open(fleet_workspace / "vault", PASS, create=False).contains(device_id)
 
 
+def test_second_concurrent_provision_in_a_workspace_is_refused_and_writes_nothing(
+    fleet_workspace: Path, fw: dict[str, Path], snapshot: Snapshot
+) -> None:
+    """Two runs at once would allocate the same MACs and delete each other's partial
+    bundles as leftovers (seen: a traceback from the rename of a removed directory)."""
+    before = snapshot(fleet_workspace)
+    with batch_module.batch_lock(fleet_workspace / "bundles"):
+        result = _provision("--count", 2, *_firmware_args(fw))
+    assert result.exit_code == 1, result.output
+    assert "another `espfleet provision` is running" in result.output
+    assert "Traceback" not in result.output
+    assert snapshot(fleet_workspace) == before
+    assert _provision("--count", 2, *_firmware_args(fw)).exit_code == 0
+
+
 @pytest.mark.slow
 def test_kill_9_mid_run_then_rerun_completes_consistently(
     fleet_workspace: Path, fw: dict[str, Path]

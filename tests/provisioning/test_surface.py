@@ -20,13 +20,14 @@ SURFACE = {
     "macs": {"LOCAL_PREFIX", "MAC_STRIDE", "MacEntry", "allocate_macs",
              "is_locally_administered", "parse_mac_list"},
     "plan": {"DeviceKeys", "DevicePlan", "DeviceRequest", "FleetPolicy", "plan_device"},
-    "batch": {"BatchReport", "DeviceResult", "bundle_sha256", "clean_leftovers",
+    "batch": {"BatchReport", "DeviceResult", "batch_lock", "bundle_sha256", "clean_leftovers",
               "done_devices", "run_batch"},
     "inputs": {"CheckedFirmware", "FirmwareSource", "ImageFacts", "check_firmware",
                "image_facts", "load_firmware", "parse_flash_size"},
     "prepare": {"Allocation", "RETIRED_STATUSES", "build_policy", "is_signed",
                 "record_allocation", "requests_for", "sign_or_verify"},
     "demo_firmware": {"DemoFirmware", "demo_firmware", "with_min_revision"},
+    "locks": {"directory_lock"},
 }
 
 

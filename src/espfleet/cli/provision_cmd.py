@@ -13,7 +13,7 @@ from espfleet.chips import chip_facts
 from espfleet.cli._context import CliContext, get_passphrase
 from espfleet.cli._output import echo_json, err_console
 from espfleet.errors import InputError, ProvisioningError
-from espfleet.provisioning.batch import BatchReport, DeviceResult, run_batch
+from espfleet.provisioning.batch import BatchReport, DeviceResult, batch_lock, run_batch
 from espfleet.provisioning.inputs import load_firmware
 from espfleet.provisioning.macs import MacEntry, parse_mac_list
 from espfleet.provisioning.plan import FleetPolicy
@@ -115,15 +115,17 @@ def provision(
             err_console.print(f"  - {line}")
     registry = workspace.registry()
     try:
-        allocation = requests_for(
-            chip, entries=entries, device_ids=device_ids, count=count, registry=registry,
-            wifi_ssid=wifi_ssid, wifi_pass=wifi_pass,
-        )
-        if allocation.new_macs:
-            record_allocation(registry, chip, mode, allocation.new_macs)
-        report = _run(
-            allocation, policy, authority, registry, workspace, passphrase, jobs, quiet=as_json
-        )
+        with batch_lock(workspace.bundles_dir):
+            allocation = requests_for(
+                chip, entries=entries, device_ids=device_ids, count=count, registry=registry,
+                wifi_ssid=wifi_ssid, wifi_pass=wifi_pass,
+            )
+            if allocation.new_macs:
+                record_allocation(registry, chip, mode, allocation.new_macs)
+            report = _run(
+                allocation, policy, authority, registry, workspace, passphrase, jobs,
+                quiet=as_json,
+            )
     finally:
         registry.close()
         authority.close()

@@ -42,12 +42,14 @@ from espfleet.pki.ca import CertificateAuthority
 from espfleet.provisioning.bundle import MANIFEST_NAME, CertificateInfo, write_bundle
 from espfleet.provisioning.flash_journal import JOURNAL_NAME, FlashJournal
 from espfleet.provisioning.identity import hash_recovery_secret, new_recovery_secret
+from espfleet.provisioning.locks import directory_lock
 from espfleet.provisioning.plan import DeviceKeys, DeviceRequest, FleetPolicy, plan_device
 from espfleet.provisioning.vault import Vault
 
 __all__ = [
     "BatchReport",
     "DeviceResult",
+    "batch_lock",
     "bundle_sha256",
     "clean_leftovers",
     "done_devices",
@@ -164,6 +166,18 @@ def _build(job: _Job, vault: Vault, request: DeviceRequest, start: float) -> Dev
         not_before=issued.not_before,
         not_after=issued.not_after,
     )
+
+
+def batch_lock(bundles_dir: Path) -> contextlib.AbstractContextManager[None]:
+    """One batch per workspace at a time: hold it from MAC allocation to the last record.
+    Two concurrent runs would allocate the same MACs and remove each other's
+    ``.partial-*`` directories and vault files as leftovers."""
+    bundles_dir.mkdir(parents=True, exist_ok=True)
+    return directory_lock(bundles_dir, ProvisioningError(
+        f"another `espfleet provision` is running in this workspace (it holds "
+        f"{bundles_dir}): wait for it to finish, then run this command again; nothing "
+        "was changed"
+    ))
 
 
 def bundle_sha256(bundle_dir: Path) -> str | None:

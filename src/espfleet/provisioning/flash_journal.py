@@ -10,10 +10,7 @@ burning *this* device's key into it (a read-protected key cannot be compared).
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
-import os
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,6 +18,7 @@ from typing import Any
 
 from espfleet._io import atomic_write_text
 from espfleet.errors import FlashError
+from espfleet.provisioning.locks import directory_lock
 
 __all__ = ["JOURNAL_NAME", "FlashJournal"]
 
@@ -65,24 +63,15 @@ class FlashJournal:
     def completed(self) -> list[str]:
         return [str(s["step"]) for s in self.data.get("steps", [])]
 
-    @contextlib.contextmanager
-    def exclusive(self) -> Iterator[None]:
-        """Hold the device's flash lock (an advisory lock on the bundle directory itself,
-        so no file is created): two runs on one device would race the journal and, on
-        two ports, could flash two chips with one identity."""
+    def exclusive(self) -> contextlib.AbstractContextManager[None]:
+        """Hold the device's flash lock (on the bundle directory itself, so no file is
+        created): two runs on one device would race the journal and, on two ports,
+        could flash two chips with one identity."""
         path = self.path.parent
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise FlashError(
-                    f"another `espfleet flash {self.device_id}` is running (it holds {path}): "
-                    "wait for it to finish; nothing was changed"
-                ) from None
-            yield
-        finally:
-            os.close(fd)
+        return directory_lock(path, FlashError(
+            f"another `espfleet flash {self.device_id}` is running (it holds {path}): "
+            "wait for it to finish; nothing was changed"
+        ))
 
     @property
     def burn_started(self) -> bool:
