@@ -77,6 +77,12 @@ def test_every_setting_is_documented() -> None:
         (('flash_size = "4MB"', 'flash_size = "3MB"'), r"\[fleet\] flash_size"),
         (('scheme = "rsa3072"', 'scheme = "ecdsa256"'), r"not Secure Boot V2 on esp32"),
         (("[fleet]", "[fleet"), r"not valid TOML"),
+        (('url = "sqlite:///registry.db"', 'url = "registry.db"'), r"SQLAlchemy URL"),
+        (('url = "sqlite:///registry.db"', 'url = "postgresql://:bad:port"'), r"SQLAlchemy URL"),
+        (
+            ('url = "sqlite:///registry.db"', 'url = "postgresql://fleet:s3cret@db/fleet"'),
+            r"contains a password.*PGPASSWORD",
+        ),
     ],
 )
 def test_bad_settings_name_the_key(edit: tuple[str, str], message: str) -> None:

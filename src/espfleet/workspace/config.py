@@ -14,6 +14,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
 from espfleet.chips import chip_facts, chip_names
 from espfleet.errors import InputError, WorkspaceError
 
@@ -125,8 +128,24 @@ class FleetConfig:
             raise InputError(
                 f"[key_vault] policy {self.key_policy!r}: use escrow or destroy"
             )
-        if not isinstance(self.registry_url, str) or "://" not in self.registry_url:
-            raise InputError("[registry] url must be an SQLAlchemy URL, e.g. sqlite:///registry.db")
+        _check_registry_url(self.registry_url)
+
+
+def _check_registry_url(url: str) -> None:
+    try:
+        if not isinstance(url, str) or "://" not in url:
+            raise ArgumentError("no scheme")
+        password = make_url(url).password
+    except (ArgumentError, ValueError):
+        raise InputError(
+            "[registry] url must be an SQLAlchemy URL, e.g. sqlite:///registry.db"
+        ) from None
+    if password:
+        raise InputError(
+            "[registry] url contains a password, and fleet.toml is meant for version "
+            "control: remove it from the URL and give it to the driver instead (for "
+            "PostgreSQL: PGPASSWORD or ~/.pgpass)"
+        )
 
 
 def _toml_string(value: str) -> str:
@@ -208,6 +227,7 @@ policy = {v(config.key_policy)}
 # SQLAlchemy URL of the device/certificate registry. A relative sqlite path is relative
 # to the workspace. For production use PostgreSQL, e.g.
 #   url = "postgresql+psycopg://espfleet@db.example.com/espfleet"
+# No password here (this file goes into version control): PGPASSWORD or ~/.pgpass.
 url = {v(config.registry_url)}
 """
 
