@@ -1,10 +1,13 @@
-"""Pin the public surface of the partition table, otadata, NVS and nvs_keys codecs."""
+"""Pin the public surface of espfleet.formats: the package and every codec module."""
 
 from __future__ import annotations
 
 import ast
 import importlib
 import importlib.util
+import pkgutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -24,7 +27,49 @@ SURFACES = {
         "write",
     },
     "espfleet.formats.nvs_keys": {"KEY_SIZE", "PARTITION_SIZE", "NvsKeys", "decode", "generate"},
+    "espfleet.formats.app_image": {
+        "APP_DESC_MAGIC", "AppDescriptor", "AppImage", "Segment", "build_app",
+        "build_bootloader", "parse",
+    },
+    "espfleet.formats.efuse": {"DigestSlot", "EfuseImage", "FieldDef", "field_names"},
+    "espfleet.formats.flash_encryption": {"decrypt", "encrypt", "key_lengths"},
+    "espfleet.formats.secure_boot": {
+        "PrivateKey", "PublicKey", "SECTOR_SIZE", "SIGNATURE_BLOCK_SIZE", "Scheme",
+        "SignatureBlock", "generate_signing_key", "load_private_key", "public_key_digest",
+        "sign", "signature_blocks", "signed_length", "verify", "verify_with_digests",
+    },
 }  # fmt: skip
+#: Every module of the package, public and private, as on disk.
+MODULES = sorted(
+    f"espfleet.formats.{info.name}"
+    for info in pkgutil.iter_modules(importlib.import_module("espfleet.formats").__path__)
+)
+
+
+def test_package_exports_exactly_its_public_codec_modules() -> None:
+    import espfleet.formats as formats
+
+    public = {m.rsplit(".", 1)[1] for m in MODULES if not m.rsplit(".", 1)[1].startswith("_")}
+    assert set(formats.__all__) == public == {m.rsplit(".", 1)[1] for m in SURFACES}
+    for name in formats.__all__:
+        assert getattr(formats, name) is importlib.import_module(f"espfleet.formats.{name}")
+    assert set(formats.__all__) <= set(dir(formats))
+    with pytest.raises(AttributeError):
+        formats._aes_vec_not_a_module  # noqa: B018
+
+
+def test_package_import_loads_no_codec_until_used() -> None:
+    """``import espfleet.formats`` stays cheap: numpy, espefuse and friends load on use."""
+    code = (
+        "import sys, espfleet.formats as f\n"
+        "print(sorted(m for m in sys.modules if m.startswith('espfleet.formats.')))\n"
+        "f.otadata\n"
+        "print(sorted(m for m in sys.modules if m.startswith('espfleet.formats.')))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.splitlines() == ["[]", "['espfleet.formats.otadata']"]
 
 
 @pytest.mark.parametrize("module", sorted(SURFACES))
@@ -35,10 +80,7 @@ def test_surface(module: str) -> None:
         assert hasattr(m, name), f"{module}.{name}"
 
 
-@pytest.mark.parametrize(
-    "module",
-    [*sorted(SURFACES), "espfleet.formats._nvs_reader", "espfleet.formats._partition_rules"],
-)
+@pytest.mark.parametrize("module", MODULES)
 def test_formats_import_no_device_backend_or_cli_code(module: str) -> None:
     spec = importlib.util.find_spec(module)
     assert spec is not None and spec.origin is not None
