@@ -54,6 +54,19 @@ def test_encrypt_equals_espsecure_for_random_keys_addresses_configs(
     )
 
 
+def test_esp32_tweak_tables_equal_espsecure_tweak_for_every_block_of_16mb() -> None:
+    """The two-table tweak shortcut (valid below 16 MB, exact beyond) against espsecure's
+    own tweak for every 32-byte block address, across the 16 MB boundary. Masking by
+    FLASH_CRYPT_CONFIG is an AND after the tweak, so the full 0xF mask covers every bit."""
+    count = (16 << 20) // 32 + 64
+    words = fe._esp32_keys(bytes(32), 0, count, 0xF) & 0xFFFFFFFF  # plain (low) halves
+    tweak_range = espsecure._flash_encryption_tweak_range_bits(0xF)
+    reference = b"".join(
+        espsecure._flash_encryption_tweak_key(0, block << 5, tweak_range) for block in range(count)
+    )
+    assert (words == np.frombuffer(reference, ">u4").reshape(count, 8)).all()
+
+
 @pytest.mark.parametrize("address", [16 << 20, (16 << 20) + 0x30, 0x7FFF_FFF0 - 64])
 def test_esp32_addresses_beyond_16mb_match_espsecure(address: int) -> None:
     key, data = bytes(range(32)), bytes(range(64))
