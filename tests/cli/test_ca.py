@@ -155,6 +155,17 @@ def test_ca_reseal_after_edit(fleet_workspace: Path) -> None:
     assert CliRunner().invoke(main, ["ca", "show"]).exit_code == 0
 
 
+def test_ca_reseal_unsafe_accept_all_files_recovers_a_damaged_manifest(
+    fleet_workspace: Path,
+) -> None:
+    (fleet_workspace / "pki/workspace-manifest.json").write_text("{}")
+    refused = CliRunner().invoke(main, ["ca", "reseal"])
+    assert refused.exit_code == 1 and "--unsafe-accept-all-files" in refused.output
+    result = CliRunner().invoke(main, ["ca", "reseal", "--unsafe-accept-all-files"])
+    assert result.exit_code == 0, result.output
+    assert CliRunner().invoke(main, ["ca", "show"]).exit_code == 0
+
+
 def test_stale_crl_is_flagged(fleet_workspace: Path) -> None:
     ws = Workspace.open(fleet_workspace)
     with ws.ca(b"correct horse battery staple") as authority:

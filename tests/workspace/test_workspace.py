@@ -252,6 +252,35 @@ def test_reseal_refuses_an_invalid_edit(fleet_workspace: Path, snapshot: Snapsho
     assert snapshot(fleet_workspace) == before
 
 
+def test_swapped_ca_chain_cannot_ride_along_with_a_reseal(
+    fleet_workspace: Path, tmp_path: Path, snapshot: Snapshot
+) -> None:
+    """ca-chain.pem is what devices and TLS peers are given: a foreign chain slipped in
+    while fleet.toml is edited must not be re-signed with it."""
+    other = Workspace.create(tmp_path / "other", org="Test Fleet", passphrase=PASS)
+    (fleet_workspace / "pki/ca-chain.pem").write_bytes(other.chain_pem())
+    toml = fleet_workspace / "fleet.toml"
+    toml.write_text(toml.read_text().replace("device_days = 730", "device_days = 365"))
+    before = snapshot(fleet_workspace)
+    with pytest.raises(WorkspaceError, match=r"pki/ca-chain\.pem changed .*fleet\.toml only"):
+        Workspace.reseal(fleet_workspace, PASS)
+    assert snapshot(fleet_workspace) == before
+    with pytest.raises(WorkspaceError, match="was modified after the workspace was signed"):
+        Workspace.open(fleet_workspace)
+
+
+def test_damaged_manifest_is_re_signed_only_when_asked_by_its_unsafe_name(
+    fleet_workspace: Path, snapshot: Snapshot
+) -> None:
+    (fleet_workspace / "pki/workspace-manifest.json").write_bytes(b"{not json")
+    before = snapshot(fleet_workspace)
+    with pytest.raises(WorkspaceError, match="--unsafe-accept-all-files"):
+        Workspace.reseal(fleet_workspace, PASS)
+    assert snapshot(fleet_workspace) == before
+    assert "fleet.toml" in Workspace.reseal(fleet_workspace, PASS, unsafe_accept_all_files=True)
+    Workspace.open(fleet_workspace)
+
+
 def test_not_a_workspace(tmp_path: Path) -> None:
     with pytest.raises(WorkspaceError, match="not an espfleet workspace"):
         Workspace.open(tmp_path)

@@ -103,11 +103,20 @@ def crl(obj: CliContext, out: Path | None, refresh: bool, as_json: bool) -> None
 
 
 @ca.command(name="reseal")
+@click.option(
+    "--unsafe-accept-all-files", is_flag=True,
+    help="Re-sign every workspace file as it is now (only to recover from a damaged "
+    "manifest, when you trust every file).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_obj
-def reseal(obj: CliContext, as_json: bool) -> None:
+def reseal(obj: CliContext, unsafe_accept_all_files: bool, as_json: bool) -> None:
     """Accept a deliberate edit of fleet.toml: validate it and re-sign the manifest."""
-    changed = Workspace.reseal(obj.workspace_dir, get_passphrase(purpose="the issuing CA key"))
+    changed = Workspace.reseal(
+        obj.workspace_dir,
+        get_passphrase(purpose="the issuing CA key"),
+        unsafe_accept_all_files=unsafe_accept_all_files,
+    )
     if as_json:
         echo_json({"workspace": str(obj.workspace_dir.absolute()), "changed": changed})
     else:

@@ -320,10 +320,14 @@ class Workspace:
         return data
 
     @classmethod
-    def reseal(cls, path: Path, passphrase: bytes) -> list[str]:
+    def reseal(
+        cls, path: Path, passphrase: bytes, *, unsafe_accept_all_files: bool = False
+    ) -> list[str]:
         """Accept a deliberate edit of fleet.toml: validate it, check the CA chain and
-        that the passphrase opens the issuing key, then re-sign the manifest. Returns the
-        files whose digests changed."""
+        that the passphrase opens the issuing key, then re-sign the manifest. Any other
+        signed file that changed is refused (a swapped ca-chain.pem or server certificate
+        must not ride along with a settings edit), unless ``unsafe_accept_all_files``,
+        the way back from a damaged manifest. Returns the files whose digests changed."""
         root = Path(path).absolute()
         parse_fleet_toml(read_bytes(root / FLEET_TOML, name=FLEET_TOML))
         root_cert = read_certificate(root / ROOT_CERT, name=ROOT_CERT)
@@ -332,7 +336,19 @@ class Workspace:
         key = read_private_key(root / ISSUING_KEY, passphrase, name=ISSUING_KEY)
         if public_key_pem(key) != public_key_pem(issuing.public_key()):  # type: ignore[arg-type]
             raise WorkspaceError(f"{ISSUING_KEY} does not match {ISSUING_CERT}: restore pki/")
-        changed = changed_files(root, SIGNED_FILES)
+        try:
+            changed = changed_files(root, SIGNED_FILES, issuing)
+        except WorkspaceError:
+            if not unsafe_accept_all_files:
+                raise
+            changed = list(SIGNED_FILES)
+        if not unsafe_accept_all_files:
+            others = [name for name in changed if name != FLEET_TOML]
+            if others:
+                raise WorkspaceError(
+                    f"{', '.join(others)} changed since the workspace was signed: reseal "
+                    "accepts an edit of fleet.toml only; restore those files from a backup"
+                )
         atomic_write(root / MANIFEST, build_manifest(root, SIGNED_FILES, key))
         cls.open(root)
         return changed

@@ -4,7 +4,8 @@ issuing CA.
 ``Workspace.open`` checks it without a passphrase (the issuing certificate's public key
 verifies the signature), so an edited fleet.toml, a swapped CA certificate or a replaced
 key file is refused before anything uses it. A deliberate edit of fleet.toml is accepted
-again by re-signing (``espfleet ca reseal``, which needs the passphrase).
+again by re-signing (``espfleet ca reseal``, which needs the passphrase and accepts a
+change of fleet.toml only).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from espfleet.errors import WorkspaceError
 from espfleet.pki.keys import PrivateKey
 from espfleet.pki.store import read_bytes
 
-__all__ = ["MANIFEST", "build_manifest", "changed_files", "verify_manifest"]
+__all__ = ["MANIFEST", "build_manifest", "changed_files", "signed_digests", "verify_manifest"]
 
 MANIFEST = "pki/workspace-manifest.json"
 _VERSION = 1
@@ -56,19 +57,15 @@ def build_manifest(root: Path, names: Iterable[str], key: PrivateKey) -> bytes:
     return (json.dumps(document, indent=2, sort_keys=True) + "\n").encode()
 
 
-def changed_files(root: Path, names: Iterable[str]) -> list[str]:
-    """Files whose digest differs from the (unverified) manifest, or all if it is unreadable."""
-    names = sorted(names)
-    try:
-        recorded = json.loads((root / MANIFEST).read_bytes())["files"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return names
+def changed_files(root: Path, names: Iterable[str], issuing_cert: x509.Certificate) -> list[str]:
+    """Files whose digest differs from the manifest (whose signature is verified first)."""
+    recorded = signed_digests(root, issuing_cert)
     actual = _digests(root, names)
-    return [name for name in names if recorded.get(name) != actual[name]]
+    return [name for name in sorted(actual) if recorded.get(name) != actual[name]]
 
 
-def verify_manifest(root: Path, names: Iterable[str], issuing_cert: x509.Certificate) -> None:
-    """Raise :class:`WorkspaceError` naming the first file that differs from the manifest."""
+def signed_digests(root: Path, issuing_cert: x509.Certificate) -> dict[str, str]:
+    """The manifest's file digests, after checking that the issuing CA signed them."""
     raw = read_bytes(root / MANIFEST, name=MANIFEST)
     try:
         document = json.loads(raw)
@@ -78,8 +75,8 @@ def verify_manifest(root: Path, names: Iterable[str], issuing_cert: x509.Certifi
             raise ValueError("unknown manifest version")
     except (ValueError, KeyError, TypeError):
         raise WorkspaceError(
-            f"{MANIFEST} is damaged: restore it from a backup (or re-sign with "
-            "`espfleet ca reseal` if you trust every file)"
+            f"{MANIFEST} is damaged: restore it from a backup (or, if you trust every "
+            "workspace file, re-sign with `espfleet ca reseal --unsafe-accept-all-files`)"
         ) from None
     public_key = issuing_cert.public_key()
     try:
@@ -91,6 +88,12 @@ def verify_manifest(root: Path, names: Iterable[str], issuing_cert: x509.Certifi
             f"{MANIFEST} is not signed by this workspace's issuing CA: the manifest or "
             "pki/issuing-ca.pem was replaced; restore them from a backup"
         ) from None
+    return files
+
+
+def verify_manifest(root: Path, names: Iterable[str], issuing_cert: x509.Certificate) -> None:
+    """Raise :class:`WorkspaceError` naming the first file that differs from the manifest."""
+    files = signed_digests(root, issuing_cert)
     expected = set(names)
     if set(files) != expected:
         missing = ", ".join(sorted(expected - set(files))) or "none"
