@@ -45,6 +45,27 @@ def test_ca_show_text_and_workspace_option(
     assert "Fleet Root CA" in result.output and "secure boot" in result.output
 
 
+def test_workspace_is_found_from_option_then_environment_then_cwd(
+    fleet_workspace: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    elsewhere = tmp_path / "not-a-workspace"
+    elsewhere.mkdir()
+
+    def shown(*args: str) -> str:
+        result = CliRunner().invoke(main, [*args, "ca", "show", "--json"])
+        assert result.exit_code == 0, result.output
+        return str(json.loads(result.output)["workspace"])
+
+    monkeypatch.chdir(elsewhere)
+    monkeypatch.setenv("ESPFLEET_WORKSPACE", str(elsewhere))
+    assert shown("--workspace", str(fleet_workspace)) == str(fleet_workspace)
+    monkeypatch.setenv("ESPFLEET_WORKSPACE", str(fleet_workspace))
+    assert shown() == str(fleet_workspace)
+    monkeypatch.delenv("ESPFLEET_WORKSPACE")
+    monkeypatch.chdir(fleet_workspace)
+    assert shown() == str(fleet_workspace)
+
+
 def test_ca_show_outside_a_workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ESPFLEET_WORKSPACE", str(tmp_path))
     result = CliRunner().invoke(main, ["ca", "show", "--json"])
