@@ -41,6 +41,18 @@ def test_create_json(workspace: Path) -> None:
     assert load_vdev(workspace / "vdevs" / "dev1").mac == bytes.fromhex("24a1600a1b2c")
 
 
+def test_create_with_the_bootloaders_partition_table_offset(workspace: Path) -> None:
+    code, out, _ = run(
+        workspace, "create", "dev1", "--chip", "esp32", "--partition-table-offset", "0xf000",
+        "--json",
+    )  # fmt: skip
+    assert code == 0
+    assert json.loads(out)["partition_table_offset"] == 0xF000
+    assert load_vdev(workspace / "vdevs" / "dev1").partition_table_offset == 0xF000
+    run(workspace, "create", "dev2", "--chip", "esp32c3")
+    assert load_vdev(workspace / "vdevs" / "dev2").partition_table_offset == 0x8000
+
+
 def test_create_outside_a_workspace_fails_clearly(tmp_path: Path) -> None:
     code, _, err = run(tmp_path, "create", "dev1", "--chip", "esp32")
     assert code == 1
@@ -54,6 +66,9 @@ def test_create_outside_a_workspace_fails_clearly(tmp_path: Path) -> None:
         (("create", "../evil", "--chip", "esp32"), "not valid"),
         (("create", "dev1", "--chip", "esp32", "--mac", "zz"), "6 hex bytes"),
         (("create", "dev1", "--chip", "esp32", "--flash-size", "5MB"), "unsupported flash size"),
+        (("create", "dev1", "--chip", "esp32", "--partition-table-offset", "0x8800"), "4 KB"),
+        (("create", "dev1", "--chip", "esp32", "--partition-table-offset", "0x1000"), "after"),
+        (("create", "dev1", "--chip", "esp32", "--partition-table-offset", "x"), "not a number"),
     ],
 )
 def test_bad_input_exits_2_and_writes_nothing(
@@ -111,7 +126,7 @@ def test_serve_process_with_real_esptool(workspace: Path, tmp_path: Path) -> Non
     )  # fmt: skip
     try:
         assert server.stdout is not None
-        lines = []
+        lines: list[str] = []
         while not lines or lines[-1] != "}\n":
             line = server.stdout.readline()
             assert line, server.stderr.read() if server.stderr else "server exited"

@@ -141,3 +141,19 @@ def test_crash_between_the_efuse_files_never_loses_a_read_protected_key(
         save_vdev(chip, tmp_path / "d1")
     stored = load_vdev(tmp_path / "d1")
     assert stored.hardware_key() == key or not stored.efuse.is_read_protected("BLOCK1")
+
+
+def test_device_stored_without_a_table_offset_uses_the_chips_default(tmp_path: Path) -> None:
+    import json
+
+    create_vdev(tmp_path / "d1", "esp32", partition_table_offset=0xD000)
+    meta_file = tmp_path / "d1" / "chip.json"
+    assert load_vdev(tmp_path / "d1").partition_table_offset == 0xD000
+    meta = json.loads(meta_file.read_text())
+    del meta["partition_table_offset"]  # a device created before the field existed
+    meta_file.write_text(json.dumps(meta))
+    assert load_vdev(tmp_path / "d1").partition_table_offset == 0x8000
+    meta["partition_table_offset"] = "0x8800"
+    meta_file.write_text(json.dumps(meta))
+    with pytest.raises(WorkspaceError, match=r"inconsistent.*4 KB-aligned"):
+        load_vdev(tmp_path / "d1")

@@ -61,6 +61,7 @@ def _describe(chip: VirtualChip, name: str, directory: Path) -> dict[str, Any]:
         "flash_size": chip.flash.size,
         "mac": chip.mac.hex(":"),
         "device_id": chip.device_id,
+        "partition_table_offset": chip.partition_table_offset,
         "path": str(directory),
     }
 
@@ -76,6 +77,12 @@ def vdev() -> None:
 @click.option("--revision", type=int, default=None, help="major*100+minor (esp32: 300).")
 @click.option("--flash-size", default="4MB", show_default=True, help="1MB .. 16MB.")
 @click.option("--mac", default=None, help="Base MAC (default: random Espressif OUI).")
+@click.option(
+    "--partition-table-offset",
+    default=None,
+    help="Where its bootloader reads the partition table: the bootloader build's "
+    "CONFIG_PARTITION_TABLE_OFFSET (default 0x8000).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
 def create(
@@ -85,13 +92,15 @@ def create(
     revision: int | None,
     flash_size: str,
     mac: str | None,
+    partition_table_offset: str | None,
     as_json: bool,
 ) -> None:
     """Create a factory-fresh virtual chip NAME (erased flash, blank eFuses)."""
     from espfleet.device.store import create_vdev
 
     directory = _vdev_dir(ctx, name, must_exist=False)
-    chip = create_vdev(directory, chip_name, revision, flash_size, mac)
+    table_offset = _parse_offset(partition_table_offset)
+    chip = create_vdev(directory, chip_name, revision, flash_size, mac, table_offset)
     info = _describe(chip, name, directory)
     if as_json:
         echo_json(info)
@@ -100,6 +109,17 @@ def create(
             f"Created virtual {chip.facts.description} [bold]{name}[/bold] "
             f"({info['device_id']}, {flash_size} flash) in {directory}"
         )
+
+
+def _parse_offset(text: str | None) -> int | None:
+    if text is None:
+        return None
+    try:
+        return int(text, 0)
+    except ValueError:
+        raise InputError(
+            f"--partition-table-offset {text!r} is not a number like 0x8000 or 0xf000"
+        ) from None
 
 
 def _raise_interrupt(_signum: int, _frame: FrameType | None) -> None:

@@ -180,7 +180,7 @@ def _load_partition_table(
     con.info("boot", f"ESP-IDF {IDF_VERSION} 2nd stage bootloader")
     con.info("boot", f"chip revision: {rev_text(chip.revision)}")
     con.info(f"boot.{facts.name}", f"SPI Flash Size : {chip.flash.size // (1024 * 1024)}MB")
-    offset = facts.default_partition_table_offset
+    offset = chip.partition_table_offset
     if security.flash_encryption:
         raw = chip.read_decrypted(offset, PARTITION_TABLE_SIZE)
     else:

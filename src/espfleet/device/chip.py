@@ -15,13 +15,20 @@ from typing import TYPE_CHECKING, Any, Literal
 from espfleet.chips import ChipFacts, chip_facts
 from espfleet.device import engine
 from espfleet.device.efuse import EfuseController
-from espfleet.device.flash import NorFlash
+from espfleet.device.flash import SECTOR_SIZE, NorFlash
 from espfleet.errors import InputError
 
 if TYPE_CHECKING:
     from espfleet.formats.efuse import EfuseImage  # type: ignore[import-not-found, unused-ignore]
 
-__all__ = ["DownloadMode", "RomModel", "VirtualChip", "parse_mac", "rom_model"]
+__all__ = [
+    "DownloadMode",
+    "RomModel",
+    "VirtualChip",
+    "check_table_offset",
+    "parse_mac",
+    "rom_model",
+]
 
 #: What the ROM does with a request for download mode after a reset.
 DownloadMode = Literal["normal", "secure", "disabled"]
@@ -112,6 +119,19 @@ def parse_mac(text: str) -> bytes:
     return mac
 
 
+def check_table_offset(facts: ChipFacts, flash_size: int, offset: int | None) -> int:
+    """The partition table offset a bootloader can be built with on this chip."""
+    if offset is None:
+        return facts.default_partition_table_offset
+    if offset % SECTOR_SIZE or not facts.bootloader_offset < offset <= flash_size - SECTOR_SIZE:
+        raise InputError(
+            f"partition table offset {offset:#x} is not a 4 KB-aligned offset after the "
+            f"bootloader (at {facts.bootloader_offset:#x}) inside the flash: use the "
+            "bootloader's CONFIG_PARTITION_TABLE_OFFSET (default 0x8000)"
+        )
+    return offset
+
+
 def _mac_crc8(mac: bytes) -> int:
     """esp_crc8 of the ESP32 ROM (espefuse's MAC_CRC): CRC-8, reflected poly 0x8C."""
     result = 0
@@ -132,6 +152,7 @@ class VirtualChip:
         revision: int,
         flash: NorFlash,
         efuse: EfuseController,
+        partition_table_offset: int | None = None,
     ) -> None:
         self.facts: ChipFacts = chip_facts(chip)
         self.chip = chip
@@ -139,6 +160,12 @@ class VirtualChip:
         self.revision = revision
         self.flash = flash
         self.efuse = efuse
+        #: Where the second-stage bootloader reads the partition table: ESP-IDF compiles
+        #: CONFIG_PARTITION_TABLE_OFFSET into the bootloader and the binary does not say
+        #: it, so the virtual chip is told (default: the chip's 0x8000).
+        self.partition_table_offset = check_table_offset(
+            self.facts, flash.size, partition_table_offset
+        )
         #: Virtual console: the boot log (D2's boot appends here) and ROM loader notes.
         self.console: list[str] = []
         self.download_mode: DownloadMode = "normal"
@@ -152,6 +179,7 @@ class VirtualChip:
         revision: int | None = None,
         flash_size: int = 4 << 20,
         mac: bytes | None = None,
+        partition_table_offset: int | None = None,
     ) -> VirtualChip:
         """A factory-fresh chip: erased flash, blank eFuses but its MAC and revision."""
         facts = chip_facts(chip)
@@ -171,7 +199,13 @@ class VirtualChip:
         if revision:
             efuse.set_chip_revision(revision)
         efuse.changed = False
-        return cls(chip, revision=revision, flash=NorFlash(flash_size), efuse=efuse)
+        return cls(
+            chip,
+            revision=revision,
+            flash=NorFlash(flash_size),
+            efuse=efuse,
+            partition_table_offset=partition_table_offset,
+        )
 
     # --- identity ---------------------------------------------------------------
 

@@ -2,7 +2,8 @@
 
 Files:
 
-* ``chip.json`` -- chip, revision, flash size, MAC (the eFuses are the truth for the MAC)
+* ``chip.json`` -- chip, revision, flash size, MAC (the eFuses are the truth for the MAC),
+  the partition table offset its bootloader was built with
 * ``flash.bin`` -- the raw flash, exactly what a clip on the flash chip reads
 * ``efuse.bin`` -- the ``espefuse --virt --path-efuse-file`` file (read-protected keys as zeros)
 * ``.silicon-only.efuse.bin`` -- every fuse as burned, read-protected keys included. It
@@ -60,6 +61,7 @@ def _describe(chip: VirtualChip) -> dict[str, Any]:
         "flash_size": _size_text(chip.flash.size),
         "mac": chip.mac.hex(":"),
         "device_id": chip.device_id,
+        "partition_table_offset": f"{chip.partition_table_offset:#x}",
     }
 
 
@@ -79,6 +81,7 @@ def create_vdev(
     revision: int | None = None,
     flash_size: int | str = "4MB",
     mac: bytes | str | None = None,
+    partition_table_offset: int | None = None,
 ) -> VirtualChip:
     """Make a factory-fresh virtual chip in ``directory`` (which must not exist)."""
     directory = Path(directory)
@@ -88,7 +91,13 @@ def create_vdev(
         )
     size = parse_flash_size(flash_size) if isinstance(flash_size, str) else flash_size
     mac_bytes = parse_mac(mac) if isinstance(mac, str) else mac
-    vchip = VirtualChip.new(chip, revision=revision, flash_size=size, mac=mac_bytes)
+    vchip = VirtualChip.new(
+        chip,
+        revision=revision,
+        flash_size=size,
+        mac=mac_bytes,
+        partition_table_offset=partition_table_offset,
+    )
     with atomic_directory(directory) as tmp:
         _write_all(vchip, tmp)
     return vchip
@@ -123,6 +132,8 @@ def load_vdev(directory: Path) -> VirtualChip:
         chip = str(meta["chip"])
         revision = int(meta["revision"])
         flash_size = parse_flash_size(str(meta["flash_size"]))
+        table_offset = meta.get("partition_table_offset")  # absent: the chip's default
+        table_offset = None if table_offset is None else int(str(table_offset), 0)
     except (ValueError, KeyError, TypeError) as error:
         raise WorkspaceError(f"{directory / CHIP_FILE} is damaged ({error}): recreate it") from None
     chip_facts(chip)
@@ -131,9 +142,11 @@ def load_vdev(directory: Path) -> VirtualChip:
         efuse = EfuseController(
             chip, _read(directory, EFUSE_FILE), _read(directory, SILICON_ONLY_FILE)
         )
+        return VirtualChip(
+            chip, revision=revision, flash=flash, efuse=efuse, partition_table_offset=table_offset
+        )
     except InputError as error:
         raise WorkspaceError(f"virtual device {directory} is inconsistent: {error}") from None
-    return VirtualChip(chip, revision=revision, flash=flash, efuse=efuse)
 
 
 @contextlib.contextmanager

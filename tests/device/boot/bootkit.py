@@ -189,14 +189,17 @@ def make_device(
     efuse_secure_version: int = 0,
     release: bool = True,
     fe_key_length: int = 32,
+    table_offset: int | None = None,
 ) -> Device:
     """Flash and fuse a fresh chip; ``digest_keys`` (default: ``signing_keys``) are the
     keys whose digests are burned, one per slot."""
     revision = {"esp32": 300, "esp32s3": 0, "esp32c3": 3}[chip_name]
-    chip = VirtualChip.new(chip_name, revision=revision, flash_size=4 << 20)
+    chip = VirtualChip.new(
+        chip_name, revision=revision, flash_size=4 << 20, partition_table_offset=table_offset
+    )
     facts = chip.facts
     fe_key = os.urandom(fe_key_length) if encryption else None
-    table = default_secure_table(chip.flash.size)
+    table = default_secure_table(chip.flash.size, chip.partition_table_offset)
     dev = Device(chip, fe_key, signing_keys, table, "")
     if fe_key is not None:
         halves = [fe_key[i:i + 32] for i in range(0, len(fe_key), 32)]
@@ -220,7 +223,7 @@ def make_device(
         chip.burn_efuse(facts.secure_version_field, (1 << efuse_secure_version) - 1)
 
     dev.write(facts.bootloader_offset, dev.bootloader())
-    dev.write(facts.default_partition_table_offset, table.encode())
+    dev.write(chip.partition_table_offset, table.encode())
     dev.write(dev.part("otadata").offset, otadata.blank().encode())
     write_identity(dev, chip.device_id)
     dev.write_app("ota_0", dev.app(app_version, secure_version=secure_version))
@@ -237,7 +240,13 @@ def clone(chip: VirtualChip) -> VirtualChip:
         chip.chip, data=chip.efuse.file_bytes(), hardware=chip.efuse.hardware_bytes()
     )
     flash = NorFlash(chip.flash.size, chip.flash.snapshot())
-    return VirtualChip(chip.chip, revision=chip.revision, flash=flash, efuse=efuse)
+    return VirtualChip(
+        chip.chip,
+        revision=chip.revision,
+        flash=flash,
+        efuse=efuse,
+        partition_table_offset=chip.partition_table_offset,
+    )
 
 
 def running_app(chip: VirtualChip) -> Firmware:

@@ -235,3 +235,21 @@ def test_rejected_update_rolls_back_on_next_reset(device: Device) -> None:
     assert security_state(device.chip).secure_version == 0
     with pytest.raises(DeviceError, match="already confirmed"):
         running_app(device.chip).reject_update()
+
+
+def test_partition_table_is_read_where_the_bootloader_was_built_to_read_it(
+    keys: list[PrivateKey],
+) -> None:
+    """CONFIG_PARTITION_TABLE_OFFSET=0xf000 (a large SBV2 + flash-encryption bootloader):
+    the device boots; the same flash under a bootloader built for 0x8000 does not."""
+    from espfleet.device.chip import VirtualChip
+
+    dev = make_device("esp32", signing_keys=keys[:1], table_offset=0xF000)
+    assert dev.part("nvs").offset > 0xF000
+    result = boot(dev.chip)
+    assert result.started and result.slot == "ota_0", result.log
+    twin = clone(dev.chip)
+    default = VirtualChip(twin.chip, revision=twin.revision, flash=twin.flash, efuse=twin.efuse)
+    refused = boot(default)
+    assert refused.stage == "bootloader"
+    assert "partition table at 0x8000 refused" in (refused.reason or "")
