@@ -239,3 +239,49 @@ def test_wrong_passphrase_exit_2_before_any_burn(
     assert result.exit_code == 2, result.output
     assert "passphrase" in result.output
     assert vchip.efuse_bytes() == efuses
+
+
+def _rewrite_manifest(root: Path, **changes: object) -> None:
+    path = root / "bundles" / DEVICE / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest.update(changes)
+    path.write_text(json.dumps(manifest))
+
+
+def test_tampered_manifest_plan_without_locks_is_refused_before_any_burn(
+    fleet_workspace: Path, chip: tuple[VirtualChip, str]
+) -> None:
+    """An edited manifest whose image hashes still match, but whose eFuse plan drops the
+    download-mode and JTAG locks: flashing it would ship an open device as "release"."""
+    make_bundle(fleet_workspace)
+    vchip, url = chip
+    efuses = vchip.efuse_bytes()
+    weakened = [s.to_json() for s in plan_for("esp32", "release").steps
+                if s.target not in ("UART_DOWNLOAD_DIS", "JTAG_DISABLE", "DISABLE_DL_DECRYPT")]
+    _rewrite_manifest(fleet_workspace, efuse_plan=weakened)
+    result = run(DEVICE, "--port", url, "--yes")
+    assert result.exit_code == 1, result.output
+    assert "is not the release plan espfleet derives for esp32" in result.output
+    assert vchip.efuse_bytes() == efuses
+
+
+def test_tampered_manifest_switched_to_development_is_refused_by_the_registry_hash(
+    fleet_workspace: Path, chip: tuple[VirtualChip, str]
+) -> None:
+    """A self-consistent edit (development mode with the development plan) passes the
+    plan check; the registry's bundle hash, recorded by `espfleet provision`, does not."""
+    make_bundle(fleet_workspace)
+    vchip, url = chip
+    efuses = vchip.efuse_bytes()
+    manifest = fleet_workspace / "bundles" / DEVICE / "manifest.json"
+    with Workspace.open(fleet_workspace).registry() as registry:
+        registry.add_device(DEVICE, chip="esp32", mac=MAC.hex(), status="provisioned",
+                            mode="release")
+        registry.update_device(
+            DEVICE, bundle_sha256=hashlib.sha256(manifest.read_bytes()).hexdigest())
+    _rewrite_manifest(fleet_workspace, mode="development",
+                      efuse_plan=plan_for("esp32", "development").to_json())
+    result = run(DEVICE, "--port", url, "--yes")
+    assert result.exit_code == 1, result.output
+    assert "hash differs from the registry's" in result.output
+    assert vchip.efuse_bytes() == efuses

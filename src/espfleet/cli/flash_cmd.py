@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import click
@@ -11,7 +12,8 @@ from espfleet.cli._context import CliContext, get_passphrase
 from espfleet.cli._output import console, echo_json, err_console
 from espfleet.device_id import parse_device_id
 from espfleet.errors import FlashError, InputError
-from espfleet.provisioning.bundle import Bundle, load_bundle, wipe_secrets
+from espfleet.provisioning.batch import bundle_sha256
+from espfleet.provisioning.bundle import MANIFEST_NAME, Bundle, load_bundle, wipe_secrets
 from espfleet.provisioning.esptool_driver import open_session
 from espfleet.provisioning.flash_journal import FlashJournal
 from espfleet.provisioning.flasher import FlashJob, Inspection, execute, inspect_chip
@@ -72,6 +74,7 @@ def flash(
     workspace = Workspace.open(obj.workspace_dir)
     bundle_dir = workspace.bundles_dir / device_id
     bundle = load_bundle(bundle_dir)
+    _check_recorded(workspace, bundle_dir, device_id)
     job = FlashJob.from_bundle(bundle)
     journal = FlashJournal.load(bundle_dir, device_id)
     with journal.exclusive():
@@ -149,6 +152,22 @@ def _flash(
     )
     if destroyed:
         console.print("Flash-encryption key destroyed (key policy: destroy).")
+
+
+def _check_recorded(workspace: Workspace, bundle_dir: Path, device_id: str) -> None:
+    """The manifest must be the one `espfleet provision` recorded: its hash covers every
+    image hash, the mode and the eFuse plan, which an edit could weaken."""
+    with workspace.registry() as registry:
+        record = registry.get_device(device_id)
+    if record is None or not record.bundle_sha256:
+        return
+    if bundle_sha256(bundle_dir) != record.bundle_sha256:
+        raise FlashError(
+            f"{bundle_dir / MANIFEST_NAME} is not the manifest `espfleet provision` recorded "
+            f"for {device_id} (its hash differs from the registry's): the bundle was modified "
+            "after provisioning, and its mode, eFuse plan or images may have been altered; do "
+            "not flash it. Restore it from backup; nothing was changed"
+        )
 
 
 def _record(workspace: Workspace, bundle: Bundle) -> None:

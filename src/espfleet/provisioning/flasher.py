@@ -24,7 +24,12 @@ from typing import Any
 from espfleet.chips import chip_facts
 from espfleet.errors import EspfleetError, FlashError
 from espfleet.provisioning.bundle import Bundle
-from espfleet.provisioning.efuse_plan import SOURCE_FLASH_ENCRYPTION_KEY, EfusePlan, EfuseStep
+from espfleet.provisioning.efuse_plan import (
+    SOURCE_FLASH_ENCRYPTION_KEY,
+    EfusePlan,
+    EfuseStep,
+    plan_for,
+)
 from espfleet.provisioning.esptool_driver import ChipIdentity, ChipSession
 from espfleet.provisioning.flash_journal import FlashJournal
 from espfleet.provisioning.preflight import (
@@ -98,7 +103,10 @@ class FlashJob:
 
     @classmethod
     def from_bundle(cls, bundle: Bundle) -> FlashJob:
+        """The job of a loaded bundle; refuses a manifest whose eFuse plan is not the one
+        espfleet derives for its chip and mode (an edited plan could drop the locks)."""
         manifest = bundle.manifest
+        _check_canonical_plan(manifest.device_id, manifest.efuse_plan)
         try:
             digest = bytes.fromhex(manifest.key_fingerprints.secure_boot_digest)
         except ValueError:
@@ -114,6 +122,24 @@ class FlashJob:
             ),
             secure_boot_digest=digest,
             fe_key_sha256=manifest.key_fingerprints.flash_encryption_key_sha256,
+        )
+
+
+def _check_canonical_plan(device_id: str, plan: EfusePlan) -> None:
+    facts = chip_facts(plan.chip)
+    xts_256 = facts.fe_key_purpose.get(64)
+    fe_key_len = 64 if any(s.purpose == xts_256 for s in plan.steps if xts_256) else 32
+    expected = plan_for(plan.chip, plan.mode, fe_key_len=fe_key_len)
+
+    def shape(steps: Sequence[EfuseStep]) -> list[tuple[object, ...]]:
+        return [(s.phase, s.action, s.target, s.value, s.purpose, s.source) for s in steps]
+
+    if shape(plan.steps) != shape(expected.steps):
+        raise FlashError(
+            f"the eFuse plan in {device_id}'s manifest is not the {plan.mode} plan espfleet "
+            f"derives for {plan.chip} (steps changed, dropped or reordered): the bundle was "
+            "modified; do not flash it. Restore it from backup or rebuild it with "
+            "`espfleet provision`; nothing was changed"
         )
 
 
