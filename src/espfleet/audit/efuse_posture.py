@@ -286,11 +286,13 @@ def _digest_slots(ctx: _Context) -> dict[str, bytes | None]:
         blocks = [b for b in blocks if not ctx.state.get(b).is_blank]
     else:
         blocks = [b for p in facts.sb_digest_purposes for b in _key_blocks(ctx, p)]
-    out: dict[str, bytes | None] = {}
-    for block in blocks:
-        field = ctx.state.get(block)
-        out[block] = field.raw if field.readable and isinstance(field.raw, bytes) else None
-    return out
+    return {block: _digest_in(ctx, block) for block in blocks}
+
+
+def _digest_in(ctx: _Context, block: str) -> bytes | None:
+    """The digest burned in ``block``, None when it is read-protected."""
+    field = ctx.state.get(block)
+    return field.raw if field.readable and isinstance(field.raw, bytes) else None
 
 
 def _check_secure_boot(ctx: _Context) -> Iterator[EfuseFinding]:
@@ -347,8 +349,7 @@ def _check_extra_digests(ctx: _Context) -> Iterator[EfuseFinding]:
         if ctx.value(revoke):
             continue
         for block in blocks:
-            field = ctx.state.get(block)
-            digest = field.raw if field.readable and isinstance(field.raw, bytes) else None
+            digest = _digest_in(ctx, block)
             if digest == expected:
                 continue
             yield ctx.finding(
