@@ -220,6 +220,28 @@ def test_fleet_keys_found_by_name(fleet_workspace: Path, tmp_path: Path) -> None
             "plaintext (raw)") in named
 
 
+def test_fleet_key_as_a_bare_ec_scalar_is_found(fleet_workspace: Path, tmp_path: Path) -> None:
+    """Firmware that keeps a P-256 key as its 32 raw bytes (no DER around it) leaks it
+    all the same: the exact-bytes search knows that form too."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from espfleet.workspace import Workspace
+
+    with Workspace.open(fleet_workspace).ca(os.environ["ESPFLEET_PASSPHRASE"].encode()) as ca:
+        key = ca.issuing_key
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    scalar = key.private_numbers().private_value.to_bytes(32, "big")
+    dump = tmp_path / "dump.bin"
+    data = clean_dump(dump)
+    data[0x2010 : 0x2030] = scalar
+    dump.write_bytes(data)
+    result = run("flash", str(dump), "--workspace", str(fleet_workspace), "--json")
+    assert result.exit_code == 1, result.output
+    assert (0x2010, "the workspace's fleet issuing CA key (raw EC scalar) is readable in "
+            "plaintext (raw)") in {(f["offset"], f["message"])
+                                   for f in json.loads(result.output)["findings"]}
+
+
 def test_human_output_is_capped_json_is_not(tmp_path: Path) -> None:
     dump = tmp_path / "dump.bin"
     data = clean_dump(dump)

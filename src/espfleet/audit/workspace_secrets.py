@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from espfleet.audit.known_secrets import KnownSecret
@@ -103,12 +104,17 @@ def _from_device(device_id: str, device: DeviceSecrets) -> Iterator[KnownSecret]
 
 
 def _key_forms(label: str, key: Any) -> Iterator[KnownSecret]:
-    """A private key as firmware would embed it: PEM or DER, PKCS#8 or traditional."""
+    """A private key as firmware would embed it: PEM or DER, PKCS#8 or traditional,
+    and an EC key's bare private scalar (mbedtls_mpi_read_binary, a key blob in NVS)."""
     for fmt in (serialization.PrivateFormat.PKCS8, serialization.PrivateFormat.TraditionalOpenSSL):
         for name, encoding in (("PEM", serialization.Encoding.PEM),
                                ("DER", serialization.Encoding.DER)):
             blob = key.private_bytes(encoding, fmt, serialization.NoEncryption())
             yield from _secret(f"{label} ({name})", blob.strip())
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        size = (key.curve.key_size + 7) // 8
+        scalar = key.private_numbers().private_value.to_bytes(size, "big")
+        yield from _secret(f"{label} (raw EC scalar)", scalar)
 
 
 def _private_key_forms(label: str, pem: bytes) -> Iterator[KnownSecret]:
