@@ -99,13 +99,15 @@ def verify_manifest(root: Path, names: Iterable[str], issuing_cert: x509.Certifi
         missing = ", ".join(sorted(expected - set(files))) or "none"
         raise WorkspaceError(f"{MANIFEST} does not cover the workspace files (missing: {missing})")
     actual = _digests(root, expected)
-    for name in sorted(expected):
-        if actual[name] != files[name]:
-            hint = (
-                "if you edited it on purpose, run `espfleet ca reseal`"
-                if name == "fleet.toml"
-                else "restore it from a backup"
-            )
-            raise WorkspaceError(
-                f"{name} was modified after the workspace was signed (tampered?): {hint}"
-            )
+    changed = [name for name in sorted(expected) if actual[name] != files[name]]
+    if changed == ["fleet.toml"]:
+        raise WorkspaceError(
+            "fleet.toml was modified after the workspace was signed (tampered?): if you "
+            "edited it on purpose, run `espfleet ca reseal`"
+        )
+    if changed:
+        raise WorkspaceError(
+            f"{', '.join(changed)} {'was' if len(changed) == 1 else 'were'} modified after "
+            "the workspace was signed (tampered?): restore "
+            f"{'it' if len(changed) == 1 else 'them'} from a backup"
+        )
