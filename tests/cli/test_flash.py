@@ -285,3 +285,22 @@ def test_tampered_manifest_switched_to_development_is_refused_by_the_registry_ha
     assert result.exit_code == 1, result.output
     assert "hash differs from the registry's" in result.output
     assert vchip.efuse_bytes() == efuses
+
+
+@pytest.mark.parametrize("status", ["revoked", "decommissioned"])
+def test_revoked_device_is_never_flashed_back_to_life(
+    fleet_workspace: Path, chip: tuple[VirtualChip, str], status: str
+) -> None:
+    """Recording a retired device as ``flashed`` would let it get certificates again."""
+    make_bundle(fleet_workspace)
+    vchip, url = chip
+    efuses = vchip.efuse_bytes()
+    with Workspace.open(fleet_workspace).registry() as registry:
+        registry.add_device(DEVICE, chip="esp32", mac=MAC.hex(), status=status, mode="release")
+    result = run(DEVICE, "--port", url, "--yes")
+    assert result.exit_code == 2, result.output
+    assert f"is {status} in the registry" in result.output
+    assert vchip.efuse_bytes() == efuses
+    with Workspace.open(fleet_workspace).registry() as registry:
+        record = registry.get_device(DEVICE)
+        assert record is not None and record.status == status

@@ -17,6 +17,7 @@ from espfleet.provisioning.bundle import MANIFEST_NAME, Bundle, load_bundle, wip
 from espfleet.provisioning.esptool_driver import open_session
 from espfleet.provisioning.flash_journal import FlashJournal
 from espfleet.provisioning.flasher import FlashJob, Inspection, execute, inspect_chip
+from espfleet.provisioning.prepare import RETIRED_STATUSES
 from espfleet.provisioning.vault import Vault
 from espfleet.workspace import Workspace
 
@@ -155,10 +156,17 @@ def _flash(
 
 
 def _check_recorded(workspace: Workspace, bundle_dir: Path, device_id: str) -> None:
-    """The manifest must be the one `espfleet provision` recorded: its hash covers every
+    """A retired identity is never flashed (recording it ``flashed`` would revive it);
+    the manifest must be the one `espfleet provision` recorded: its hash covers every
     image hash, the mode and the eFuse plan, which an edit could weaken."""
     with workspace.registry() as registry:
         record = registry.get_device(device_id)
+    if record is not None and record.status in RETIRED_STATUSES:
+        raise InputError(
+            f"device {device_id} is {record.status} in the registry: a retired identity is "
+            "never flashed again (its certificate must not come back); provision the board "
+            "under a new device id; nothing was changed"
+        )
     if record is None or not record.bundle_sha256:
         return
     if bundle_sha256(bundle_dir) != record.bundle_sha256:
