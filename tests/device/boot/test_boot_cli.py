@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from bootkit import make_device
 from click.testing import CliRunner
 
@@ -16,17 +17,22 @@ from espfleet.formats import otadata
 from espfleet.formats.secure_boot import PrivateKey
 
 
+@pytest.fixture
+def workspace(tmp_path: Path) -> Path:
+    root = tmp_path / "fleet"
+    root.mkdir()
+    (root / "fleet.toml").write_text('org = "test"\n')
+    return root
+
+
 def _boot(workspace: Path, *args: str) -> tuple[int, str, str]:
     result = CliRunner().invoke(main, ["--workspace", str(workspace), "vdev", "boot", *args])
     return result.exit_code, result.stdout, result.stderr
 
 
 def test_vdev_boot_exits_0_when_the_app_starts_and_persists_the_boot(
-    tmp_path: Path, keys: list[PrivateKey]
+    workspace: Path, keys: list[PrivateKey]
 ) -> None:
-    workspace = tmp_path / "fleet"
-    workspace.mkdir()
-    (workspace / "fleet.toml").write_text('org = "test"\n')
     dev = make_device("esp32", signing_keys=keys[:1], secure_version=2)
     save_vdev(dev.chip, workspace / "vdevs" / "dev1")
 
@@ -43,11 +49,8 @@ def test_vdev_boot_exits_0_when_the_app_starts_and_persists_the_boot(
 
 
 def test_vdev_boot_of_a_tampered_app_exits_1_with_the_reason(
-    tmp_path: Path, keys: list[PrivateKey]
+    workspace: Path, keys: list[PrivateKey]
 ) -> None:
-    workspace = tmp_path / "fleet"
-    workspace.mkdir()
-    (workspace / "fleet.toml").write_text('org = "test"\n')
     dev = make_device("esp32", signing_keys=keys[:1])
     dev.write_app("ota_0", dev.app("6.6.6", keys=[keys[1]]))
     save_vdev(dev.chip, workspace / "vdevs" / "dev1")
