@@ -173,6 +173,9 @@ def test_list_expiring_within(fleet_workspace: Path) -> None:
 def _bad_input_cases(tmp_path: Path) -> dict[str, tuple[list[str], int, str]]:
     return {
         "invalid_device_id": (["cert", "issue", "ESP32 bad"], 2, "invalid device id"),
+        "device_of_another_chip": (
+            ["cert", "issue", "esp32c3-24a1600a1b2c"], 2, "this workspace's product is an esp32"
+        ),
         "csr_for_another_device": (
             ["cert", "issue", DEVICE, "--csr", str(make_csr(tmp_path, "esp32-000000000001"))],
             2,
@@ -200,6 +203,7 @@ def _bad_input_cases(tmp_path: Path) -> dict[str, tuple[list[str], int, str]]:
     "case",
     [
         "invalid_device_id",
+        "device_of_another_chip",
         "csr_for_another_device",
         "csr_with_broken_signature",
         "missing_csr_file",

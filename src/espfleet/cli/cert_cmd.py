@@ -107,7 +107,12 @@ def issue(
     plain PEM with mode 0600.
     """
     workspace = Workspace.open(obj.workspace_dir)
-    parse_device_id(device_id)
+    chip = parse_device_id(device_id).chip
+    if chip is not None and chip != workspace.config.chip:
+        raise InputError(
+            f"{device_id} names an {chip} chip, but this workspace's product is an "
+            f"{workspace.config.chip} ([fleet] chip in fleet.toml): check the device id"
+        )
     csr = _read_csr(csr_path, device_id) if csr_path is not None else None
     with workspace.registry() as registry:
         current = registry.active_certificate(device_id)
