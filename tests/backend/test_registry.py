@@ -213,6 +213,13 @@ def test_unreachable_database_is_a_registry_error(tmp_path: Path) -> None:
         Registry.open(f"sqlite:///{tmp_path / 'missing-dir' / 'x.db'}")
 
 
+def test_damaged_sqlite_registry_says_so(tmp_path: Path) -> None:
+    damaged = tmp_path / "registry.db"
+    damaged.write_bytes(b"garbage" * 200)
+    with pytest.raises(RegistryError, match=r"file is not a database.*restore it from a backup"):
+        Registry.open(f"sqlite:///{damaged}")
+
+
 def test_registry_errors_do_not_show_the_password() -> None:
     url = "postgresql+nosuchdriver://fleet:s3cret-pw@db.invalid/fleet"
     with pytest.raises(RegistryError) as caught:

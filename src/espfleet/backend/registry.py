@@ -165,6 +165,11 @@ class Registry:
                 upgrade(engine)
         except SQLAlchemyError as error:
             engine.dispose()
+            if engine.dialect.name == "sqlite":  # a local file: its error names no secret
+                raise RegistryError(
+                    f"cannot open the registry {_safe(url)}: {getattr(error, 'orig', error)}; "
+                    "if the file is damaged, restore it from a backup"
+                ) from None
             raise RegistryError(
                 f"cannot open the registry {_safe(url)}: {type(error).__name__}; check that "
                 "the database is reachable and [registry] url in fleet.toml"
