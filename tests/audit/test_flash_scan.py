@@ -136,6 +136,19 @@ def test_plaintext_wifi_pmk_in_nvs_is_a_secret(kit: Any) -> None:
     assert secrets[0].severity == Severity.CRITICAL
 
 
+def test_terminal_escape_planted_in_nvs_does_not_reach_the_report(kit: Any) -> None:
+    """A dump is attacker-controlled: a secret's redacted form must not carry escape
+    sequences or line breaks into the auditor's terminal or log."""
+    from espfleet.audit.secrets_scan import redact
+
+    nvs = kit.nvs_partition([("wifi_pass", "string", "\x1b[2J\x1b]0;pwned\x07longer\n")])
+    dump = kit.clean_dump()
+    kit.plant(dump, 0x9000, nvs)
+    (secret,) = [f for f in scan_flash(bytes(dump)).findings if f.kind == "nvs-secret"]
+    assert secret.message.isprintable(), secret.message
+    assert redact(b"\x1b[2Jsecret-value\n") == "?[2J***********e?"
+
+
 def test_encrypted_nvs_is_not_readable(kit: Any) -> None:
     """Page headers stay plaintext under NVS encryption; the entries do not."""
     nvs = kit.nvs_partition([("wifi_pass", "string", "hunter2-but-longer")], key=os.urandom(64))

@@ -242,6 +242,35 @@ def test_fleet_key_as_a_bare_ec_scalar_is_found(fleet_workspace: Path, tmp_path:
                                    for f in json.loads(result.output)["findings"]}
 
 
+def test_escape_sequence_in_a_planted_certificate_does_not_reach_the_terminal(
+    tmp_path: Path,
+) -> None:
+    """The dump is attacker-controlled: a certificate subject with an escape sequence
+    (clear screen, retitle) is printed with the control characters replaced."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ok\x1b[2J\x1b]0;pwned\x07")])
+    now = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(1).not_valid_before(now)
+            .not_valid_after(now + datetime.timedelta(days=1)).sign(key, hashes.SHA256()))
+    dump = tmp_path / "dump.bin"
+    data = clean_dump(dump)
+    pem = cert.public_bytes(serialization.Encoding.PEM)
+    data[0x1000 : 0x1000 + len(pem)] = pem
+    dump.write_bytes(data)
+    result = run("flash", str(dump))
+    assert r"pem-certificate: plaintext PEM certificate (subject CN=ok?[2J?]0\;pwned?)" in (
+        result.output)
+    assert "\x1b" not in result.output and "\x07" not in result.output
+
+
 def test_human_output_is_capped_json_is_not(tmp_path: Path) -> None:
     dump = tmp_path / "dump.bin"
     data = clean_dump(dump)
