@@ -71,3 +71,41 @@ def test_provisioned_and_flashed_device_boots_and_takes_a_signed_update(
     assert updated.started and updated.slot == "ota_1", "\n".join(updated.log)
     assert updated.app is not None and updated.app.confirmed_update
     assert security_state(chip).secure_version == 1
+
+
+@pytest.mark.slow
+def test_esp_idf_build_with_moved_partition_table_boots_on_a_matching_chip(
+    fleet_workspace: Path, tmp_path: Path, vectors: Path
+) -> None:
+    """An ESP-IDF build dir (Espressif's 32 KB Secure Boot V2 bootloader, so
+    CONFIG_PARTITION_TABLE_OFFSET=0xf000): provision -> flash with the real esptool and
+    espefuse -> the chip whose bootloader reads 0xf000 starts the app."""
+    from espfleet.formats.partition_table import default_secure_table
+
+    key = Workspace.open(fleet_workspace).signing_key(os.environ["ESPFLEET_PASSPHRASE"].encode())
+    build = tmp_path / "build"
+    build.mkdir()
+    (build / "app.bin").write_bytes(demo_firmware("esp32", key, app_payload_size=0x2000).app)
+    (build / "bootloader.bin").write_bytes((vectors / "bootloader_unsigned_v2.bin").read_bytes())
+    (build / "pt.bin").write_bytes(default_secure_table(0x400000, 0xF000).encode())
+    (build / "flasher_args.json").write_text(json.dumps({
+        "app": {"offset": "0x20000", "file": "app.bin"},
+        "bootloader": {"offset": "0x1000", "file": "bootloader.bin"},
+        "partition-table": {"offset": "0xf000", "file": "pt.bin"},
+        "flash_settings": {"flash_size": "4MB"},
+        "extra_esptool_args": {"chip": "esp32"},
+    }))  # fmt: skip
+    runner = CliRunner()
+    device_id = "esp32-24a1600a1b2c"
+    provisioned = runner.invoke(main, ["provision", "--device-id", device_id, "--firmware",
+                                       str(build), "--jobs", "1"])
+    assert provisioned.exit_code == 0, provisioned.output
+    chip = VirtualChip.new("esp32", mac=bytes.fromhex("24a1600a1b2c"),
+                           partition_table_offset=0xF000)
+    with LoaderServer(chip) as server:
+        flashed = runner.invoke(main, ["flash", device_id, "--port", server.url, "--yes"])
+    assert flashed.exit_code == 0, flashed.output
+    result = boot(chip)
+    assert result.started, "\n".join(result.log)
+    assert result.app is not None and result.app.device_id == device_id
+    assert any("nvs              01   02 00010000" in line for line in result.log)
