@@ -125,9 +125,6 @@ class Workspace:
     def devices_pki_dir(self) -> Path:
         return self.root / "pki" / "devices"
 
-    def path(self, name: str) -> Path:
-        return self.root / name
-
     @property
     def registry_url(self) -> str:
         return resolve_registry_url(self.config.registry_url, self.root)
