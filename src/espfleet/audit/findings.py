@@ -14,7 +14,7 @@ from typing import Any
 
 from espfleet.errors import InputError
 
-__all__ = ["EfuseFinding", "Finding", "Severity", "failing", "worst"]
+__all__ = ["EfuseFinding", "Finding", "Severity", "failing", "printable", "worst"]
 
 
 class Severity(IntEnum):
@@ -100,6 +100,12 @@ class EfuseFinding:
             "fix": self.fix,
             "command": self.command,
         }
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters shown as ``?``: a dump is attacker-controlled,
+    and a planted escape sequence or line break must not reach a terminal or a log."""
+    return "".join(c if c.isprintable() else "?" for c in text)
 
 
 def worst(findings: Iterable[Finding | EfuseFinding]) -> Severity | None:

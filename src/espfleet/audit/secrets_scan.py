@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.serialization import (
     load_ssh_private_key,
 )
 
-from espfleet.audit.findings import Finding, Severity
+from espfleet.audit.findings import Finding, Severity, printable
 
 __all__ = ["redact", "scan_secrets"]
 
@@ -258,12 +258,8 @@ def _keyed_secrets(data: bytes, lowered: bytes) -> Iterator[Finding]:
 
 
 def redact(secret: bytes) -> str:
-    """Enough of a secret to recognise it in a report, not enough to use it.
-
-    Control characters (a newline, or an escape sequence planted in the dump to
-    rewrite the auditor's terminal) are shown as ``?``.
-    """
-    text = "".join(c if c.isprintable() else "?" for c in secret.decode("ascii", "replace"))
+    """Enough of a secret to recognise it in a report, not enough to use it."""
+    text = printable(secret.decode("ascii", "replace"))
     if len(text) <= 8:
         return text[:2] + "*" * (len(text) - 2)
     return text[:4] + "*" * min(len(text) - 6, 24) + text[-2:]

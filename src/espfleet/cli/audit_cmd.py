@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from espfleet.audit.findings import EfuseFinding, Finding, Severity
+from espfleet.audit.findings import EfuseFinding, Finding, Severity, printable
 from espfleet.audit.known_secrets import KnownSecret
 from espfleet.chips import chip_facts, chip_names
 from espfleet.cli._context import get_passphrase
@@ -68,12 +68,6 @@ def _verdict(count: int, failing: int, threshold: Severity) -> str:
                        fg="green", bold=True)
 
 
-def _printable(text: str) -> str:
-    """Text taken from a dump (a certificate subject, an NVS name) with control
-    characters shown as ``?``: a planted escape sequence must not drive the terminal."""
-    return "".join(c if c.isprintable() else "?" for c in text)
-
-
 def _severity(severity: Severity) -> str:
     return click.style(f"{severity.label.upper():<8}", fg=_COLORS[severity], bold=True)
 
@@ -130,7 +124,7 @@ def flash(dump: Path, chip: str | None, workspace_dir: Path | None, devices: tup
         click.echo(f"note: {note}")
     for f in report.findings[:_HUMAN_LIMIT]:
         click.echo(f"{_severity(f.severity)} 0x{f.offset:08x} +{f.length:<6} {f.kind}: "
-                   f"{_printable(f.message)}")
+                   f"{printable(f.message)}")
         click.echo(f"{'':17}fix: {f.fix}")
     if len(report.findings) > _HUMAN_LIMIT:
         click.echo(f"... and {len(report.findings) - _HUMAN_LIMIT} more findings: use --json "
