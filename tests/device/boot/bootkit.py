@@ -25,6 +25,7 @@ from espfleet.device.chip import VirtualChip
 from espfleet.device.firmware import Firmware, SimulatedFirmware
 from espfleet.formats import app_image, flash_encryption, nvs, otadata, secure_boot
 from espfleet.formats.nvs_keys import NvsKeys
+from espfleet.formats.otadata import OtaData
 from espfleet.formats.partition_table import Partition, PartitionTable, default_secure_table
 from espfleet.provisioning.identity import NVS_NAMESPACE, DeviceIdentity
 
@@ -146,11 +147,11 @@ class Device:
     def write_app(self, slot: str, image: bytes) -> None:
         self.write(self.part(slot).offset, image)
 
-    def otadata(self) -> otadata.OtaData:
+    def otadata(self) -> OtaData:
         raw = self.chip.read_decrypted(self.part("otadata").offset, otadata.OTADATA_SIZE)
         return otadata.decode(raw)
 
-    def write_otadata(self, ota: otadata.OtaData) -> None:
+    def write_otadata(self, ota: OtaData) -> None:
         self.write(self.part("otadata").offset, ota.encode())
 
 
