@@ -204,6 +204,49 @@ def test_signed_app_is_found_inside_a_whole_partition(rsa_keys: list[sb.PrivateK
     sb.verify(partition, rsa_keys[0])
 
 
+def test_unsigned_image_whose_last_sector_starts_like_a_signature_is_signed(
+    rsa_keys: list[sb.PrivateKey],
+) -> None:
+    """An unsigned image that happens to end on a 4 KB boundary with 0xE7 4 KB from its
+    end (ESP-IDF's --secure-pad-v2 apps end on 64 KB) is not mistaken for a signed one:
+    the bootloader looks for the sector only after the image."""
+    image = app_image.build_bootloader("esp32", payload=b"\xe7" * 7976)
+    assert len(image) % sb.SECTOR_SIZE == 0 and image[-sb.SECTOR_SIZE] == 0xE7
+    with pytest.raises(SigningError, match="not signed"):
+        sb.signed_length(image)
+    with pytest.raises(SigningError, match="not signed"):
+        sb.verify_with_digests(image, [sb.public_key_digest(rsa_keys[0])])
+    signed = sb.sign(image, rsa_keys[:1])
+    assert sb.signed_length(signed) == len(image)
+    sb.verify(signed, rsa_keys[0])
+    assert _espsecure_verifies(signed, rsa_keys[0])
+
+
+def test_signature_behind_bytes_after_the_image_is_refused_like_the_bootloader(
+    rsa_keys: list[sb.PrivateKey],
+) -> None:
+    """espsecure signs whatever file it gets; a signature placed after extra bytes that
+    follow an image is not where the bootloader looks, so it does not count, and
+    espfleet refuses to make such an unbootable image."""
+    app = app_image.build_app("esp32", version="1.0.0")
+    padded = app + b"\xff" * 0x3000
+    with pytest.raises(SigningError, match="bytes follow the image"):
+        sb.sign(padded, rsa_keys[:1])
+    key_file = io.BytesIO(_pem(rsa_keys[0]))
+    key_file.name = "key.pem"
+    with tempfile.TemporaryDirectory() as tmp:
+        data, out = Path(tmp) / "padded.bin", Path(tmp) / "signed.bin"
+        data.write_bytes(padded)
+        with data.open("rb") as handle:
+            espsecure.sign_data("2", [key_file], str(out), False, False, None, [], [], handle)
+        theirs = out.read_bytes()
+    assert _espsecure_verifies(theirs, rsa_keys[0])  # espsecure checks the file's tail
+    with pytest.raises(SigningError, match="not signed"):
+        sb.verify(theirs, rsa_keys[0])
+    with pytest.raises(SigningError, match="not signed"):
+        sb.verify_with_digests(theirs, [sb.public_key_digest(rsa_keys[0])])
+
+
 def test_generated_keys_sign_and_verify() -> None:
     for scheme in ("rsa3072", "ecdsa256"):
         key = sb.generate_signing_key(scheme)  # type: ignore[arg-type]

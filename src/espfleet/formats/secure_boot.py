@@ -247,6 +247,14 @@ def sign(image: bytes, private_keys: Sequence[PrivateKey]) -> bytes:
             "unsigned build output, or keep the existing signature"
         )
     content = _pad(image)
+    end = _image_end(image)
+    if end is not None and end != len(content):
+        raise SigningError(
+            f"{len(image) - end} bytes follow the image, which ends at {end:#x} (rounded "
+            "to 4 KB): the bootloader looks for the signature there, so a signature after "
+            "the extra bytes would never be found; sign the image file itself (the build's "
+            ".bin), not a padded or merged one"
+        )
     sector = b"".join(_block(key, content) for key in keys)
     return content + _pad(sector)
 
@@ -258,25 +266,31 @@ def _sector_at(image: bytes, offset: int) -> bool:
     return 0 < offset <= len(image) - SECTOR_SIZE and image[offset] == _MAGIC
 
 
-def signed_length(image: bytes) -> int:
-    """Number of bytes the signature covers: the offset of the signature sector.
-
-    ``image`` is a signed image, or a larger buffer (a whole flash partition) that
-    starts with a signed app or bootloader image; the sector is then found after the
-    image's own length rounded up to 4 KB.
-    """
-    if len(image) % SECTOR_SIZE == 0 and _sector_at(image, len(image) - SECTOR_SIZE):
-        return len(image) - SECTOR_SIZE
+def _image_end(image: bytes) -> int | None:
+    """Where an app or bootloader image's signature sector must start (its length
+    rounded up to 4 KB, as the bootloader computes it), or None for other data."""
     from espfleet.formats import app_image  # a sibling format, imported lazily
 
     try:
         length = app_image.parse(image).image_length
     except FormatError:
-        length = None
-    if length is not None:
-        offset = length + (-length % SECTOR_SIZE)
-        if _sector_at(image, offset):
-            return offset
+        return None
+    return length + (-length % SECTOR_SIZE)
+
+
+def signed_length(image: bytes) -> int:
+    """Number of bytes the signature covers: the offset of the signature sector.
+
+    For an app or bootloader image (alone, or at the start of a larger buffer such as
+    a whole flash partition) that is only where the bootloader looks: right after the
+    image's own length rounded up to 4 KB. Other data is signed when its last 4 KB is
+    a signature sector.
+    """
+    offset = _image_end(image)
+    if offset is None and len(image) % SECTOR_SIZE == 0:
+        offset = len(image) - SECTOR_SIZE
+    if offset is not None and _sector_at(image, offset):
+        return offset
     raise SigningError(
         "the image is not signed: no Secure Boot V2 signature sector follows it; "
         "sign it with 'espfleet' (or espsecure sign-data --version 2)"
