@@ -249,7 +249,7 @@ def test_signature_behind_bytes_after_the_image_is_refused_like_the_bootloader(
 
 def test_generated_keys_sign_and_verify() -> None:
     for scheme in ("rsa3072", "ecdsa256"):
-        key = sb.generate_signing_key(scheme)  # type: ignore[arg-type]
+        key = sb.generate_signing_key(scheme)
         signed = sb.sign(b"firmware", [key])
         sb.verify(signed, key)
         assert _espsecure_verifies(signed, key)
