@@ -125,6 +125,35 @@ def test_plaintext_nvs_entries_found_at_their_offsets(kit: Any) -> None:
     assert "hunt" in wifi.message and "hunter2-but-longer" not in wifi.message
 
 
+def test_each_kind_of_secret_in_a_plaintext_nvs_is_found_at_its_value(
+    kit: Any, pem_key_and_cert: tuple[bytes, bytes]
+) -> None:
+    """The detectors see inside NVS values too, whatever the entry's key is called."""
+    key_pem, cert_pem = pem_key_and_cert
+    der_key = ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption())
+    openssh = ed25519.Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+        serialization.NoEncryption())
+    values = {
+        "cfg_a": (key_pem, "pem-private-key"),
+        "cfg_b": (cert_pem, "pem-certificate"),
+        "cfg_c": (openssh, "pem-private-key"),
+        "cfg_d": (b"AKIAIOSFODNN7EXAMPLE", "aws-access-key"),
+        "cfg_e": (b"mqtts://fleet:Sup3rS3cret@mqtt.example.com", "url-credentials"),
+    }
+    entries = [(name, "string", blob.decode()) for name, (blob, _) in values.items()]
+    entries.append(("cfg_f", "hex2bin", der_key.hex()))
+    dump = kit.clean_dump()
+    kit.plant(dump, 0x9000, kit.nvs_partition(entries, size=0x8000))
+    found = kinds_at(scan_flash(bytes(dump)))
+    region = bytes(dump[0x9000:0x11000])
+    for blob, kind in [*values.values(), (der_key, "der-private-key")]:
+        at = 0x9000 + region.find(blob)
+        assert at >= 0x9000 and kind in found.get(at, set()), (kind, hex(at))
+
+
 def test_plaintext_wifi_pmk_in_nvs_is_a_secret(kit: Any) -> None:
     """ESP-IDF's Wi-Fi driver caches the PMK (the WPA2 PSK) as blob ``sta.pmk``: as
     good as the password to join the network."""
