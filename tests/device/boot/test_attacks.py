@@ -14,7 +14,7 @@ from bootkit import Device, make_device, running_app
 
 from espfleet.device.boot import boot
 from espfleet.device.image_check import BootRefused
-from espfleet.formats import flash_encryption, otadata
+from espfleet.formats import app_image, flash_encryption, otadata
 from espfleet.formats.partition_table import Partition, PartitionTable
 from espfleet.formats.secure_boot import PrivateKey
 
@@ -216,3 +216,22 @@ def test_app_with_partition_table_pointing_elsewhere_still_needs_signature(
     device.write(0x8000, PartitionTable(tuple(entries)).encode())
     device.write(device.part("ota_0").offset + 0x10000, device.app("6.6.6", keys=[keys[1]]))
     _refused_at(device, "bootloader")
+
+
+@pytest.mark.parametrize("chip_name", ["esp32", "esp32s3"])
+def test_tampered_bootloader_with_fixed_hash_is_refused_by_the_signature(
+    chip_name: str, keys: list[PrivateKey]
+) -> None:
+    """Secure boot without flash encryption: the attacker rewrites the bootloader's code
+    in plaintext, fixes its checksum and SHA-256 and keeps the original signature
+    sector. Only the RSA-PSS signature can catch it, and does."""
+    dev = make_device(chip_name, signing_keys=keys[:1], encryption=False)
+    signed = dev.bootloader()
+    forged = dev.bootloader(keys=[])  # same size, other code, valid checksum and hash
+    assert app_image.parse(forged).sha256_ok and len(forged) <= len(signed) - 0x1000
+    body = forged + b"\xff" * (-len(forged) % 0x1000)
+    dev.write_bootloader(body + signed[len(body):])
+    reason = _refused_at(dev, "rom")
+    assert "secure boot refused the bootloader: signature verification failed" in reason
+    dev.write_bootloader(signed)  # control: the genuine one, same chip, boots
+    assert boot(dev.chip).started
