@@ -272,6 +272,14 @@ def test_truncated_table_names_offset() -> None:
     assert info.value.offset == 0x20
 
 
+def test_empty_input_is_not_an_empty_table() -> None:
+    """Zero bytes is a failed read, not a table without partitions (erased is 0xFF)."""
+    with pytest.raises(FormatError, match="0 bytes, truncated at offset 0x0") as info:
+        pt.decode(b"")
+    assert info.value.offset == 0
+    assert pt.decode(b"\xff" * pt.TABLE_LENGTH).entries == ()
+
+
 def test_table_without_end_marker_is_refused() -> None:
     row = Partition("x", 1, 2, 0x9000, 0x1000).encode()
     with pytest.raises(FormatError, match="no end-of-table marker"):

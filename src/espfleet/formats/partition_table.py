@@ -267,6 +267,12 @@ def decode(data: bytes, *, require_md5: bool = False) -> PartitionTable:
     ends on a row boundary (erased flash would follow), as in old ESP-IDF outputs.
     """
     data = bytes(data)
+    if not data:
+        raise FormatError(
+            "partition table is 0 bytes, truncated at offset 0x0: read the 0xc00-byte table "
+            "from its offset in flash (0x8000 by default)",
+            0,
+        )
     md5 = hashlib.md5()
     entries: list[Partition] = []
     md5_seen = False
