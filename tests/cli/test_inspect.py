@@ -84,7 +84,8 @@ def test_tampered_partition_table_exits_2(tmp_path: Path) -> None:
 
 
 def test_otadata(tmp_path: Path) -> None:
-    ota = otadata.select(otadata.set_state(otadata.select(otadata.blank(), 0, 2), 2), 1, 2)
+    valid = otadata.OtaState.VALID
+    ota = otadata.select(otadata.set_state(otadata.select(otadata.blank(), 0, 2), valid), 1, 2)
     path = tmp_path / "ota.bin"
     path.write_bytes(ota.encode())
     document = run_json(path, "--as", "otadata")
@@ -221,6 +222,29 @@ def test_efuse_image_of_ambiguous_size_needs_chip(tmp_path: Path) -> None:
     assert result.stdout.startswith("eFuse (esp32s3")
 
 
+@pytest.mark.parametrize("size", [0, 100, 0x3000])
+def test_file_of_no_efuse_size_is_not_an_efuse_image(tmp_path: Path, size: int) -> None:
+    path = tmp_path / "efuse.bin"
+    path.write_bytes(bytes(size))
+    result = run(path, "--as", "efuse")
+    assert_one_line_error(result, f"eFuse image is {size} bytes", "esp32 288", "espefuse --virt")
+    assert "--chip is needed" not in result.stderr
+
+
+def test_image_of_an_unsupported_chip_names_its_chip_id(vectors: Path) -> None:
+    result = run(vectors / "esp_idf_blink_esp32s2.bin", "--as", "image")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith(
+        "App image for chip id 2 (not a chip espfleet supports), no Secure Boot V2 signature\n"
+    )
+
+
+def test_empty_file_is_not_an_empty_partition_table(tmp_path: Path) -> None:
+    path = tmp_path / "pt.bin"
+    path.write_bytes(b"")
+    assert_one_line_error(run(path, "--as", "partitions"), "0 bytes", "offset 0x0")
+
+
 def test_nvs_keys_option_only_for_nvs(tmp_path: Path) -> None:
     path = tmp_path / "x.bin"
     path.write_bytes(b"\xff" * 0x1000)
@@ -234,7 +258,7 @@ def test_flash_encrypted_nvs_keys_decrypt_with_flash_key(tmp_path: Path, chip: s
     sealed = flash_encryption.encrypt(keys.encode(), flash_key, 0x1C000, chip)
     (tmp_path / "nvs_keys.bin").write_bytes(sealed)
     (tmp_path / "fe.key").write_bytes(flash_key)
-    args = [tmp_path / "nvs_keys.bin", "--as", "nvs-keys", "--chip", chip]
+    args: list[str | Path] = [tmp_path / "nvs_keys.bin", "--as", "nvs-keys", "--chip", chip]
     assert_one_line_error(run(*args), "still flash-encrypted")
     document = run_json(*args, "--flash-key", tmp_path / "fe.key", "--address", "0x1c000")
     assert document["fingerprint"] == keys.fingerprint()

@@ -19,7 +19,7 @@ from rich.table import Table
 
 from espfleet.chips import CHIPS, chip_names
 from espfleet.cli._output import console, echo_json
-from espfleet.errors import EspfleetError, InputError
+from espfleet.errors import EspfleetError, FormatError, InputError
 
 KINDS = ("image", "partitions", "otadata", "nvs", "nvs-keys", "efuse")
 
@@ -200,7 +200,8 @@ def _image(data: bytes, options: _Options) -> Report:
     for n, s in enumerate(image.segments):
         segments.add_row(str(n), _hex(s.load_address), _hex(s.length), _hex(s.data_offset))
     signed = len(document["signatures"])
-    title = f"{document['kind'].capitalize()} image for {image.chip or image.chip_id}" + (
+    chip = image.chip or f"chip id {image.chip_id} (not a chip espfleet supports)"
+    title = f"{document['kind'].capitalize()} image for {chip}" + (
         f", {signed} Secure Boot V2 signature(s)" if signed else ", no Secure Boot V2 signature"
     )
     return Report(document, title, (summary, segments))
@@ -232,9 +233,16 @@ def _efuse_chip(data: bytes, chip: str | None) -> str:
     matches = [name for name, facts in CHIPS.items() if facts.efuse_file_size == len(data)]
     if len(matches) == 1:
         return matches[0]
-    raise InputError(
-        f"--chip is needed for an eFuse image of {len(data)} bytes"
-        + (f" (it could be {' or '.join(matches)})" if matches else "")
+    if matches:
+        raise InputError(
+            f"--chip is needed for an eFuse image of {len(data)} bytes "
+            f"(it could be {' or '.join(matches)})"
+        )
+    sizes = ", ".join(f"{name} {facts.efuse_file_size}" for name, facts in CHIPS.items())
+    raise FormatError(
+        f"eFuse image is {len(data)} bytes, which no supported chip has ({sizes} bytes): "
+        "pass the file espefuse --virt --path-efuse-file wrote",
+        len(data),
     )
 
 
