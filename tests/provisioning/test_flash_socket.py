@@ -5,6 +5,7 @@ went into eFuse in the byte order the hardware uses."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 import socket
@@ -58,10 +59,10 @@ def served() -> Iterator[Serve]:
     holder: list[LoaderServer] = []
 
     def start(
-        chip: str, *, revision: int | None = None, mac: bytes = MAC
+        chip: str, *, revision: int | None = None, mac: bytes = MAC, flash_size: int = 4 << 20
     ) -> tuple[VirtualChip, str]:
         rev = REVISION[chip] if revision is None else revision
-        vchip = VirtualChip.new(chip, revision=rev, mac=mac)
+        vchip = VirtualChip.new(chip, revision=rev, mac=mac, flash_size=flash_size)
         server = LoaderServer(vchip).start()
         holder.append(server)
         return vchip, server.url
@@ -141,6 +142,28 @@ def test_mac_mismatch_over_socket_refused(served: Serve, tmp_path: Path) -> None
     vchip, url = served("esp32s3", mac=bytes.fromhex("246f28a1b2c8"))
     job, _ = make_job("esp32s3", os.urandom(32))
     _refused(url, job, tmp_path, vchip, "has MAC 24:6f:28:a1:b2:c8, not")
+
+
+def test_flash_smaller_than_the_bundle_over_socket_refused(served: Serve, tmp_path: Path) -> None:
+    """A 2 MB module given a 4 MB bundle: ESP-IDF's app would refuse to start, and after
+    the release locks nothing could fix it. esptool's flash-id detection decides."""
+    vchip, url = served("esp32", flash_size=2 << 20)
+    job, _ = make_job("esp32", os.urandom(32))
+    job = dataclasses.replace(job, flash_size="4MB")
+    _refused(url, job, tmp_path, vchip, "has 2MB of flash, but .* bundle is built for 4MB")
+
+
+def test_larger_flash_than_the_bundle_is_accepted(served: Serve, tmp_path: Path) -> None:
+    _, url = served("esp32", flash_size=8 << 20)
+    job, _ = make_job("esp32", os.urandom(32))
+    job = dataclasses.replace(job, flash_size="4MB")
+    session = open_session(url)
+    try:
+        assert session.identity.flash_size == "8MB"
+        inspection = inspect_chip(job, session, FlashJournal.load(tmp_path, job.device_id))
+        assert inspection.to_json()["flash_size"] == "8MB"
+    finally:
+        session.close()
 
 
 def test_crypt_counter_already_odd_over_socket_refused(served: Serve, tmp_path: Path) -> None:

@@ -198,7 +198,7 @@ def _render(inspection: Inspection) -> None:
     data: dict[str, Any] = inspection.to_json()
     console.print(
         f"[bold]{data['device_id']}[/] on {data['port']}: {data['chip']} {data['revision']}, "
-        f"MAC {data['mac']}, {data['mode']} mode"
+        f"MAC {data['mac']}, {data['flash_size'] or 'unknown'} flash, {data['mode']} mode"
         + (" (resuming an earlier run)" if data["resuming"] else "")
     )
     _render_steps(inspection, "pre_flash", "eFuses before the images")

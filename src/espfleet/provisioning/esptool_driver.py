@@ -101,6 +101,8 @@ class ChipIdentity:
     revision: int
     mac: bytes
     description: str = ""
+    #: Flash size from the flash chip's JEDEC id ("4MB"), None when esptool cannot tell.
+    flash_size: str | None = None
 
     def __post_init__(self) -> None:
         if len(self.mac) != 6:
@@ -236,6 +238,7 @@ def open_session(
                 revision=int(esp.get_chip_revision()),
                 mac=bytes(esp.read_mac()),
                 description=str(esp.get_chip_description()),
+                flash_size=_detect_flash_size(esp),
             )
         except (esptool.FatalError, OSError, ValueError) as error:
             _close_loader(esp, profile)
@@ -256,6 +259,19 @@ def open_session(
         flash=EsptoolFlash(esp, port, quiet=quiet),
         _close=close,
     )
+
+
+def _detect_flash_size(esp: Any) -> str | None:
+    """The attached flash's size as esptool detects it (read-only), or None."""
+    import esptool
+    from esptool import cmds
+
+    try:
+        cmds.attach_flash(esp)
+        size = cmds.detect_flash_size(esp)
+    except (esptool.FatalError, OSError, ValueError):
+        return None
+    return str(size) if size else None
 
 
 def _close_loader(esp: Any, profile: PortProfile) -> None:

@@ -89,6 +89,8 @@ class FlashJob:
     #: SHA-256 (hex) of the flash-encryption key the images were encrypted with: the
     #: key handed over for the burn must match it, or the device would never boot.
     fe_key_sha256: str | None = None
+    #: Flash size the bundle was built for ("4MB"); the chip's must be at least that.
+    flash_size: str | None = None
 
     def __post_init__(self) -> None:
         if self.plan.chip != self.chip:
@@ -122,6 +124,7 @@ class FlashJob:
             ),
             secure_boot_digest=digest,
             fe_key_sha256=manifest.key_fingerprints.flash_encryption_key_sha256,
+            flash_size=manifest.flash_size,
         )
 
 
@@ -179,6 +182,7 @@ class Inspection:
             "chip": self.identity.chip,
             "revision": self.identity.revision_text,
             "mac": self.identity.mac_text,
+            "flash_size": self.identity.flash_size,
             "mode": self.job.plan.mode,
             "resuming": self.resuming,
             "pre_flash": [step_json(c) for c in self.efuse if c.step.phase == "pre_flash"],
@@ -222,7 +226,8 @@ def inspect_chip(job: FlashJob, session: ChipSession, journal: FlashJournal) -> 
     """Read-only pre-flight: refuse a wrong or conflicting chip, else say what to do."""
     identity = session.identity
     check_identity(
-        device_id=job.device_id, chip=job.chip, mac=job.mac, identity=identity, port=session.port
+        device_id=job.device_id, chip=job.chip, mac=job.mac, identity=identity,
+        port=session.port, flash_size=job.flash_size,
     )
     state = session.efuses.read_state()
     resuming = journal.started_burning(identity.mac_text)

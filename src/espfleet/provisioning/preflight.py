@@ -9,6 +9,7 @@ whose eFuses conflict with the plan before anything irreversible happens.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -48,9 +49,20 @@ def normalize_mac(mac: bytes | str) -> bytes:
 
 
 def check_identity(
-    *, device_id: str, chip: str, mac: bytes, identity: ChipIdentity, port: str
+    *,
+    device_id: str,
+    chip: str,
+    mac: bytes,
+    identity: ChipIdentity,
+    port: str,
+    flash_size: str | None = None,
 ) -> None:
-    """Refuse a chip that is not the one the bundle was built for."""
+    """Refuse a chip that is not the one the bundle was built for.
+
+    ``flash_size`` is the bundle's: a smaller flash than the images' headers and
+    partition table claim makes ESP-IDF's app refuse to start, which on a locked release
+    device can never be fixed.
+    """
     facts = chip_facts(chip)
     if identity.chip != facts.name:
         raise FlashError(
@@ -65,6 +77,15 @@ def check_identity(
             f"which Secure Boot V2 needs: use a {facts.name} of revision {need} or newer; "
             "nothing was changed"
         )
+    have, want = _size_bytes(identity.flash_size), _size_bytes(flash_size)
+    if have is not None and want is not None and have < want:
+        raise FlashError(
+            f"the chip on {port} has {identity.flash_size} of flash, but {device_id}'s "
+            f"bundle is built for {flash_size}: its app would refuse to start (flash smaller "
+            "than the image header says), and a locked device could never be fixed. Use a "
+            f"{flash_size} module, or provision this one with --flash-size "
+            f"{identity.flash_size}; nothing was changed"
+        )
     if identity.mac != mac:
         raise FlashError(
             f"the chip on {port} has MAC {identity.mac_text}, not {device_id}'s "
@@ -72,6 +93,14 @@ def check_identity(
             f"made for it (espfleet flash {identity.chip}-{identity.mac.hex()}) or provision "
             "one with `espfleet provision --macs`; nothing was changed"
         )
+
+
+def _size_bytes(text: str | None) -> int | None:
+    """``"4MB"`` -> 4194304 (esptool's and the manifest's notation); None if unknown."""
+    match = re.fullmatch(r"(\d+)\s*([KM])B", (text or "").strip().upper())
+    if match is None:
+        return None
+    return int(match[1]) << (20 if match[2] == "M" else 10)
 
 
 def assess_steps(
