@@ -95,6 +95,7 @@ class _Stop(Exception):
 
 def boot(chip: VirtualChip, application: Application | None = None) -> BootResult:
     """Reset ``chip`` and run its boot chain; hand off to ``application`` if it gets there."""
+    chip.reset()  # eFuse registers reload; the ROM latches its download-mode eFuses
     console = BootConsole(sink=chip.console)
     security = security_state(chip)
     try:

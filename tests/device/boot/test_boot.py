@@ -253,3 +253,12 @@ def test_partition_table_is_read_where_the_bootloader_was_built_to_read_it(
     refused = boot(default)
     assert refused.stage == "bootloader"
     assert "partition table at 0x8000 refused" in (refused.reason or "")
+
+
+def test_boot_is_a_reset_that_latches_the_download_lock(device: Device) -> None:
+    """The app (or a factory step) burned UART_DOWNLOAD_DIS: it takes effect at the next
+    reset, which every boot is; afterwards the ROM loader no longer answers."""
+    device.chip.burn_efuse("UART_DOWNLOAD_DIS", 1)
+    assert device.chip.download_mode == "normal"
+    assert boot(device.chip).started
+    assert str(device.chip.download_mode) == "disabled"
