@@ -349,3 +349,23 @@ def test_fix_commands_are_safe_to_run_top_to_bottom(tmp_path: Path, chip: str) -
     commands.burn_all(check_batch_mode=True)
     after = kinds(audit(chip, path))
     assert not {k for k in after if k in tail}
+
+
+@pytest.mark.parametrize("chip, revision", [("esp32", 0), ("esp32c3", 2)])
+def test_chip_below_secure_boot_v2_revision_cannot_pass(
+    tmp_path: Path, chip: str, revision: int
+) -> None:
+    """An ESP32 below v3.0 (common on cheap modules) has no Secure Boot V2: the audit
+    says so, and offers no command for it."""
+    path = tmp_path / f"{chip}-old.efuse"
+    esp = espefuse.get_esp(chip=chip, virt=True, virt_efuse_file=str(path))
+    if revision:  # a new virtual eFuse file is v0.0
+        esp.set_chip_revision(revision)
+    esp.save_to_file()
+    report = audit(chip, path)
+    (old,) = [f for f in report.findings if f.kind == "revision-too-old"]
+    assert old.severity == Severity.CRITICAL and old.command is None
+    assert old.found == f"v{revision // 100}.{revision % 100}"
+    assert "none possible" in old.fix
+    assert not [f for f in audit(chip, blank(tmp_path, chip)).findings
+                if f.kind == "revision-too-old"]

@@ -424,7 +424,28 @@ def _check_write_protection(ctx: _Context) -> Iterator[EfuseFinding]:
         )
 
 
+def _revision_text(revision: int) -> str:
+    return f"v{revision // 100}.{revision % 100}"
+
+
+def _check_revision(ctx: _Context) -> Iterator[EfuseFinding]:
+    """Secure Boot V2 needs a minimum silicon revision (ESP32: v3.0): below it no burn
+    can reach the posture, and burning the secure boot eFuses would follow bad advice."""
+    have, need = ctx.state.revision, ctx.facts.sb_v2_min_revision
+    if have >= need:
+        return
+    yield EfuseFinding(
+        Severity.CRITICAL, "revision-too-old", "chip revision", _revision_text(have),
+        f"{_revision_text(need)} or newer",
+        f"this {ctx.facts.name} is revision {_revision_text(have)}: Secure Boot V2 needs "
+        f"{_revision_text(need)}, so this chip can never reach the {ctx.plan.mode} posture",
+        f"none possible: the revision is the silicon's; do not burn secure boot eFuses on "
+        f"it; use a {ctx.facts.name} of revision {_revision_text(need)} or newer",
+    )
+
+
 _CHECKS: tuple[Callable[[_Context], Iterator[EfuseFinding]], ...] = (
+    _check_revision,
     _check_fe_key,
     _check_crypt_counter,
     _check_crypt_config,

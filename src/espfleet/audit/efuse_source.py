@@ -145,7 +145,8 @@ def _from_security_info(
         put(block, b"", "?", readable=False, writeable=False)
         purpose_fields[block] = field
     unverified += ["read/write protection of the key blocks",
-                   "the secure boot digest values (only their slots are reported)"]
-    state = EfuseState(chip=facts.name, revision=0, fields=fields,
+                   "the secure boot digest values (only their slots are reported)",
+                   "the chip revision"]
+    state = EfuseState(chip=facts.name, revision=facts.sb_v2_min_revision, fields=fields,
                        key_purpose_fields=purpose_fields)
     return state, tuple(unverified)
