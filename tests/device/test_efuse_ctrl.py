@@ -129,6 +129,17 @@ def test_download_mode_follows_efuses_after_reset_only() -> None:
     assert s3.download_mode == "secure"
 
 
+def test_uart_download_dis_is_ignored_by_an_esp32_below_v3() -> None:
+    """esp_efuse_disable_rom_download_mode: ESP32 before v3.0 cannot disable its ROM
+    download mode; the bit burns but the ROM still answers (no false assurance)."""
+    for revision, expected in ((100, "normal"), (300, "disabled")):
+        chip = VirtualChip.new("esp32", revision=revision)
+        chip.burn_efuse("UART_DOWNLOAD_DIS", 1)
+        chip.reset()
+        assert chip.efuse.get("UART_DOWNLOAD_DIS") == 1
+        assert chip.download_mode == expected
+
+
 _UINT_FIELDS = {
     "esp32": ["FLASH_CRYPT_CNT", "FLASH_CRYPT_CONFIG", "SPI_PAD_CONFIG_HD", "CLK8M_FREQ", "WR_DIS"],
     "esp32s3": ["SPI_BOOT_CRYPT_CNT", "KEY_PURPOSE_1", "SECURE_VERSION", "WDT_DELAY_SEL"],

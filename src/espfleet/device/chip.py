@@ -52,6 +52,8 @@ class RomModel:
     begin_has_encrypt_flag: bool
     #: eFuses that stop the ROM from entering download mode after reset.
     loader_disable_fields: tuple[str, ...]
+    #: Oldest revision whose ROM honours them (ESP32: UART_DOWNLOAD_DIS from v3.0 only).
+    loader_disable_min_revision: int
     #: eFuse that restricts download mode to the secure command set.
     secure_download_field: str | None
     #: eFuse that stops the ROM from encrypting writes in download mode.
@@ -64,6 +66,7 @@ _ROM_FACTS: dict[str, dict[str, Any]] = {
     "esp32": {
         "apb_ctl_date_addr": 0x3FF6607C,
         "loader_disable_fields": ("UART_DOWNLOAD_DIS",),
+        "loader_disable_min_revision": 300,
         "secure_download_field": None,
         "download_encrypt_disable_field": "DISABLE_DL_ENCRYPT",
         "mac_crc_field": "MAC_CRC",
@@ -71,6 +74,7 @@ _ROM_FACTS: dict[str, dict[str, Any]] = {
     "esp32s3": {
         "apb_ctl_date_addr": None,
         "loader_disable_fields": ("DIS_DOWNLOAD_MODE",),
+        "loader_disable_min_revision": 0,
         "secure_download_field": "ENABLE_SECURITY_DOWNLOAD",
         "download_encrypt_disable_field": "DIS_DOWNLOAD_MANUAL_ENCRYPT",
         "mac_crc_field": None,
@@ -78,6 +82,7 @@ _ROM_FACTS: dict[str, dict[str, Any]] = {
     "esp32c3": {
         "apb_ctl_date_addr": None,
         "loader_disable_fields": ("DIS_DOWNLOAD_MODE",),
+        "loader_disable_min_revision": 0,
         "secure_download_field": "ENABLE_SECURITY_DOWNLOAD",
         "download_encrypt_disable_field": "DIS_DOWNLOAD_MANUAL_ENCRYPT",
         "mac_crc_field": None,
@@ -263,7 +268,10 @@ class VirtualChip:
     def reset(self) -> None:
         """Power-on/reset: eFuse registers reload and the ROM re-reads its strapping eFuses."""
         self.efuse.reset()
-        if any(self.efuse.get(f, hardware=True) for f in self.rom.loader_disable_fields):
+        honoured = self.revision >= self.rom.loader_disable_min_revision
+        if honoured and any(
+            self.efuse.get(f, hardware=True) for f in self.rom.loader_disable_fields
+        ):
             self.download_mode = "disabled"
         elif self.rom.secure_download_field and self.efuse.get(
             self.rom.secure_download_field, hardware=True
