@@ -206,6 +206,8 @@ def test_cli_release_file_passes_and_foreign_fleet_fails(
     ok = CliRunner().invoke(main, ["audit", "efuse", str(path), "--chip", "esp32c3"])
     assert ok.exit_code == 0, ok.output
     assert "PASS: no finding at or above high (0 below)" in ok.output
+    assert "note: the secure boot digest was not compared with the fleet's signing key" in (
+        ok.output)  # without --workspace nobody may think the key was checked
 
     fleet = Workspace.open(fleet_workspace).secure_boot_digest()
     assert fleet != DIGEST

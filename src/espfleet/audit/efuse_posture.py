@@ -155,6 +155,9 @@ def audit_efuses(
     notes = plan.leaves_open()
     if unverified:
         notes += (f"not verified, assumed as required: {', '.join(unverified)}",)
+    elif expected_digest is None and _digest_slots(ctx):
+        notes += ("the secure boot digest was not compared with the fleet's signing key "
+                  "(no --workspace): a chip that trusts any other key passes this audit",)
     return EfuseReport(chip=facts.name, mode=plan.mode, findings=tuple(findings), notes=notes)
 
 
