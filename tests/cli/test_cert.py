@@ -116,6 +116,16 @@ def test_renew_supersedes_the_active_certificate(fleet_workspace: Path) -> None:
     assert listed == {first["serial"]: "superseded", second["serial"]: "active"}
 
 
+def test_renewal_from_a_csr_removes_the_old_factory_key(
+    fleet_workspace: Path, tmp_path: Path
+) -> None:
+    first = run_json("cert", "issue", DEVICE)
+    old_key = Path(first["files"]["key"])
+    renewed = run_json("cert", "issue", DEVICE, "--renew", "--csr", str(make_csr(tmp_path, DEVICE)))
+    assert renewed["removed"] == [str(old_key)] and not old_key.exists()
+    assert sorted(p.name for p in old_key.parent.iterdir()) == ["ca-chain.pem", "device.pem"]
+
+
 def test_revoke_by_serial_publishes_the_crl(fleet_workspace: Path) -> None:
     issued = run_json("cert", "issue", DEVICE)
     info = run_json("cert", "revoke", issued["serial"], "--reason", "key_compromise")
@@ -313,6 +323,10 @@ def test_failed_renewal_restores_the_previous_files(
 
     monkeypatch.setattr(IssuingAuthority, "record", refused)
     result = run("cert", "issue", DEVICE, "--renew")
+    assert result.exit_code == 1 and "conflicting record" in result.output
+    assert snapshot(fleet_workspace) == before
+    csr = make_csr(fleet_workspace.parent, DEVICE)  # renewal from a CSR removes the old key
+    result = run("cert", "issue", DEVICE, "--renew", "--csr", str(csr))
     assert result.exit_code == 1 and "conflicting record" in result.output
     assert snapshot(fleet_workspace) == before
     key = fleet_workspace / "pki/devices" / DEVICE / "device.key.pem"

@@ -138,12 +138,18 @@ def issue(
         if issued.key_pem is not None:
             key_pem = issued.encrypted_key_pem(passphrase) if encrypt_key else issued.key_pem
             writes["key"] = (out_dir / "device.key.pem", key_pem, 0o600)
+        # A key left from an earlier factory-path issue does not match a certificate
+        # issued from a CSR: it goes, so device.pem and device.key.pem never disagree.
+        stale = [] if "key" in writes else [out_dir / "device.key.pem"]
+        stale = [path for path in stale if path.exists()]
         # Files first, then the registry: a certificate is never recorded as active while
         # its files (and a key generated here) are missing; if recording fails the files
         # are put back as they were.
-        with _undo_on_failure(out_dir, [path for path, _, _ in writes.values()]):
+        with _undo_on_failure(out_dir, [path for path, _, _ in writes.values()] + stale):
             for path, data, mode in writes.values():
                 atomic_write(path, data, mode=mode)
+            for path in stale:
+                path.unlink()
             record = authority.record(issued, renew=renew)
         files = {name: path for name, (path, _, _) in writes.items()}
     result: dict[str, Any] = {
@@ -152,6 +158,7 @@ def issue(
         "superseded": current.serial if current is not None else None,
         "files": {name: str(path) for name, path in files.items()},
         "key_encrypted": encrypt_key if "key" in files else None,
+        "removed": [str(path) for path in stale],
     }
     if "key" in files and not encrypt_key:
         err_console.print(
