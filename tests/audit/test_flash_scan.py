@@ -301,6 +301,7 @@ def test_entropy_map_classes() -> None:
     assert emap.runs()[3] == (0x3000, 0x2000, BlockClass.LOW)
 
 
+@pytest.mark.soak  # a timing bound: not for the unit run (benchmarks/audit_flash.py measures)
 def test_scan_of_4mb_dump_is_fast(kit: Any) -> None:
     dump = bytes(kit.clean_dump(size=0x400000))
     scan_flash(dump)  # warm-up (numpy, regex compilation)
