@@ -379,19 +379,38 @@ def test_flashed_device_is_never_rebuilt(
     assert snapshot(fleet_workspace) == before
 
 
-def test_release_run_never_skips_a_development_bundle_silently(
+def test_rerun_with_other_settings_rebuilds_an_unflashed_device_never_a_flashed_one(
     fleet_workspace: Path, fw: dict[str, Path], snapshot: Snapshot
 ) -> None:
-    args = ["--device-id", "esp32-24a1600a1b2c", *_firmware_args(fw)]
+    """A re-run used to report a development bundle as "already done" in a release run
+    (and ignore a new --flash-size or app): the device then shipped in the old mode."""
+    device_id = "esp32-24a1600a1b2c"
+    args = ["--device-id", device_id, *_firmware_args(fw)]
+    bundle_dir = fleet_workspace / "bundles" / device_id
     assert _provision(*args, "--mode", "development").exit_code == 0
-    before = snapshot(fleet_workspace)
+    first = load_bundle(bundle_dir).manifest
     result = _provision(*args)
+    assert result.exit_code == 0, result.output
+    assert "1 built, 0 already done" in result.output
+    rebuilt = load_bundle(bundle_dir).manifest
+    assert rebuilt.mode == "release" and rebuilt.certificate.serial != first.certificate.serial
+    result = _provision(*args, "--flash-size", "8MB")
+    assert "1 built, 0 already done" in result.output, result.output
+    assert load_bundle(bundle_dir).manifest.flash_size == "8MB"
+    key = Workspace.open(fleet_workspace).signing_key(PASS)
+    newer = fw["app"].with_name("app-1.1.0.bin")
+    newer.write_bytes(demo_firmware("esp32", key, version="1.1.0", app_payload_size=0x8000).app)
+    result = _provision("--device-id", device_id, "--firmware", newer, "--bootloader",
+                        fw["bootloader"], "--flash-size", "8MB")
+    assert "1 built, 0 already done" in result.output, result.output
+    assert load_bundle(bundle_dir).manifest.firmware.version == "1.1.0"
+    with _registry(fleet_workspace) as registry:
+        registry.update_device(device_id, status="flashed")
+    before = snapshot(fleet_workspace)
+    result = _provision(*args, "--flash-size", "8MB", "--mode", "development")
     assert result.exit_code == 2, result.output
-    assert re.search(r"already provisioned in development mode.*--mode development",
-                     result.output), result.output
+    assert "already flashed in release mode" in result.output
     assert snapshot(fleet_workspace) == before
-    bundle = load_bundle(fleet_workspace / "bundles" / "esp32-24a1600a1b2c")
-    assert bundle.manifest.mode == "development"
 
 
 def test_damaged_bundle_whose_flash_began_is_not_rebuilt_over_the_burned_key(
@@ -411,7 +430,7 @@ def test_damaged_bundle_whose_flash_began_is_not_rebuilt_over_the_burned_key(
     before = snapshot(fleet_workspace)
     result = _provision(*args)
     assert result.exit_code == 2, result.output
-    assert "began burning its eFuses" in result.output
+    assert "the bundle changed" in result.output and "began burning its eFuses" in result.output
     assert snapshot(fleet_workspace) == before
     assert Vault.open(fleet_workspace / "vault", PASS, create=False).contains(device_id)
 

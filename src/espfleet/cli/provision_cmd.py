@@ -78,8 +78,9 @@ def provision(
     Each device gets its own flash-encryption key, NVS keys, P-256 key and certificate
     from the fleet CA and a recovery secret; bootloader and app are signed once with
     the fleet's Secure Boot V2 key; every encrypted partition is pre-encrypted at its
-    offset. Devices already provisioned are skipped, so a re-run resumes. Nothing is
-    burned or flashed: `espfleet flash` does that.
+    offset. Devices already provisioned with the same mode, flash size and app version
+    are skipped, so a re-run resumes; an unflashed device built with other settings is
+    rebuilt. Nothing is burned or flashed: `espfleet flash` does that.
     """
     chosen = [name for name, given in (
         ("--count", count is not None), ("--macs", macs_file is not None),

@@ -11,7 +11,9 @@ Per device, in a worker process (CA key and vault key loaded once per worker):
 Back in the parent, one registry transaction per device records the device
 (``provisioned``, recovery-secret hash, bundle hash) and its certificate, only after
 the bundle is in place. A device is *done* when its bundle exists and the registry
-row carries the same bundle hash; a re-run skips done devices, removes leftovers of a
+row carries the same bundle hash (and the bundle has this run's mode, flash size and
+app version: otherwise an unflashed device is rebuilt, see :func:`done_devices`); a
+re-run skips done devices, removes leftovers of a
 killed run (``.partial-*`` directories, a bundle without its registry row) and builds
 the rest. So a crash, ``kill -9`` or Ctrl-C at any point leaves no half bundle or row.
 """
@@ -39,7 +41,13 @@ from espfleet.backend.registry import Registry
 from espfleet.errors import EspfleetError, FlashError, InputError, ProvisioningError
 from espfleet.formats.nvs_keys import NvsKeys
 from espfleet.pki.ca import CertificateAuthority
-from espfleet.provisioning.bundle import MANIFEST_NAME, CertificateInfo, write_bundle
+from espfleet.provisioning.bundle import (
+    MANIFEST_NAME,
+    CertificateInfo,
+    FirmwareInfo,
+    Manifest,
+    write_bundle,
+)
 from espfleet.provisioning.flash_journal import JOURNAL_NAME, FlashJournal
 from espfleet.provisioning.identity import hash_recovery_secret, new_recovery_secret
 from espfleet.provisioning.locks import directory_lock
@@ -189,41 +197,70 @@ def bundle_sha256(bundle_dir: Path) -> str | None:
 
 
 def done_devices(
-    registry: Registry, bundles_dir: Path, device_ids: Sequence[str], *, mode: str | None = None
+    registry: Registry,
+    bundles_dir: Path,
+    device_ids: Sequence[str],
+    *,
+    policy: FleetPolicy | None = None,
 ) -> set[str]:
-    """Devices not to build again: recorded ``provisioned`` with the same bundle hash, or
-    already flashed (their keys are in a chip: a new bundle would not match it).
+    """Devices not to build again: recorded ``provisioned`` with the same bundle hash and
+    (given ``policy``) the same mode, flash size and app version, or already flashed (their keys
+    are in a chip: a new bundle would not match it).
 
-    Refuses (nothing changed) a device that ``mode`` would silently skip although it was
-    provisioned in the other mode, and a device whose bundle changed after
-    ``espfleet flash`` began burning it: rebuilding would replace the only copy of the
-    flash-encryption key its chip already holds.
+    A provisioned device whose bundle is damaged or was built with other settings is
+    rebuilt, unless ``espfleet flash`` began burning it: a rebuild would replace the
+    only copy of the flash-encryption key its chip may hold. That, and a flashed device
+    that this run's mode would leave in the other mode, are refused (nothing changed).
     """
     done = set()
     for device_id in device_ids:
         record = registry.get_device(device_id)
         if record is None or record.status not in DONE_STATUSES:
             continue
-        if record.status != "provisioned" or (
-            record.bundle_sha256 and record.bundle_sha256 == bundle_sha256(bundles_dir / device_id)
-        ):
-            if mode is not None and record.mode is not None and record.mode != mode:
+        if record.status != "provisioned":
+            if policy is not None and record.mode not in (None, policy.mode):
                 raise InputError(
-                    f"device {device_id} is already {record.status} in {record.mode} mode, "
-                    f"so this {mode} run would skip it and leave it in {record.mode} mode: "
-                    f"provision it with --mode {record.mode}, or leave it out of this batch; "
+                    f"device {device_id} is already {record.status} in {record.mode} mode; "
+                    f"this {policy.mode} run cannot change that (its keys are in the chip): "
+                    f"leave it out of this batch, or provision it with --mode {record.mode}; "
                     "nothing was changed"
                 )
             done.add(device_id)
-        elif _flash_started(bundles_dir / device_id, device_id):
+            continue
+        bundle_dir = bundles_dir / device_id
+        intact = bool(record.bundle_sha256) and record.bundle_sha256 == bundle_sha256(bundle_dir)
+        changed = _changed_settings(bundle_dir, policy) if intact else ["the bundle"]
+        if not changed:
+            done.add(device_id)
+        elif _flash_started(bundle_dir, device_id):
             raise InputError(
-                f"the bundle of {device_id} changed after `espfleet flash` began burning its "
-                f"eFuses ({bundles_dir / device_id / JOURNAL_NAME}): its chip may already hold "
-                "the flash-encryption key sealed for that bundle, and a rebuild would replace "
-                f"it. Restore bundles/{device_id} from backup and re-run `espfleet flash`; "
-                "nothing was changed"
+                f"{device_id} would be rebuilt ({', '.join(changed)} changed), but "
+                f"`espfleet flash` began burning its eFuses ({bundle_dir / JOURNAL_NAME}): its "
+                "chip may already hold the flash-encryption key of its bundle, and a rebuild "
+                "would replace that key. Finish it with `espfleet flash` (restore a damaged "
+                "bundle from backup) or leave it out of this batch; nothing was changed"
             )
     return done
+
+
+def _changed_settings(bundle_dir: Path, policy: FleetPolicy | None) -> list[str]:
+    """What of ``policy`` the recorded bundle was not built with (mode, flash size, app
+    name and versions)."""
+    if policy is None:
+        return []
+    try:
+        manifest = Manifest.decode((bundle_dir / MANIFEST_NAME).read_bytes())
+    except (OSError, EspfleetError):
+        return ["the bundle"]
+    # The app by name and versions: its signature (RSA-PSS) differs on every signing.
+    def app(info: FirmwareInfo) -> tuple[str, str, int]:
+        return info.project_name, info.version, info.secure_version
+
+    built = {"mode": manifest.mode, "flash size": manifest.flash_size,
+             "app version": app(manifest.firmware)}
+    wanted = {"mode": policy.mode, "flash size": policy.flash_size,
+              "app version": app(policy.firmware)}
+    return [name for name in built if built[name] != wanted[name]]
 
 
 def _flash_started(bundle_dir: Path, device_id: str) -> bool:
@@ -300,7 +337,7 @@ def run_batch(
         raise ProvisioningError("the batch names a device twice")
     # Derived once here; forked workers inherit the key (and kdf.json exists before them).
     vault = Vault.open(vault_dir, passphrase)
-    done = done_devices(registry, bundles_dir, ids, mode=policy.mode)
+    done = done_devices(registry, bundles_dir, ids, policy=policy)
     pending = [r for r in requests if r.device_id not in done]
     clean_leftovers(bundles_dir, [r.device_id for r in pending], vault)
     results: list[DeviceResult] = []
