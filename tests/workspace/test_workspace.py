@@ -178,6 +178,34 @@ def test_issue_record_revoke_and_crl(fleet_workspace: Path) -> None:
     Workspace.open(fleet_workspace)  # the new CRL is signed by the issuing CA
 
 
+def test_revocation_racing_another_one_publishes_the_next_crl_number(
+    fleet_workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another `cert revoke` commits between this one's first look at the CRL and its
+    registry transaction: this CRL must follow that one (number + 1, both serials)."""
+    from espfleet.backend.registry import Registry
+    from espfleet.pki.crl import crl_number
+
+    ws = Workspace.open(fleet_workspace)
+    with ws.ca(PASS) as ca:
+        first = ca.record(ca.issue_device_cert("esp32-000000000001"))
+        second = ca.record(ca.issue_device_cert("esp32-000000000002"))
+    real_revoke = Registry.revoke
+
+    def raced(self: Registry, *args: object, **kwargs: object) -> object:
+        monkeypatch.setattr(Registry, "revoke", real_revoke)
+        with ws.ca(PASS) as other:
+            other.revoke(second.serial)
+        return real_revoke(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Registry, "revoke", raced)
+    with ws.ca(PASS) as ca:
+        ca.revoke(first.serial)
+        crl = load_crl(ca.crl_pem())
+    assert crl_number(crl) == 3
+    assert revoked_serials(crl) == {int(first.serial, 16), int(second.serial, 16)}
+
+
 @pytest.mark.parametrize(
     "victim",
     [

@@ -98,10 +98,12 @@ class IssuingAuthority(CertificateAuthority):
                 f"unknown revocation reason {reason!r}: use one of {', '.join(REVOCATION_REASONS)}"
             )
         stamp = now or utcnow()
-        current = self._current_crl()
+        self._current_crl()  # a damaged or foreign CRL stops us before the registry changes
 
         def publish(revoked: Sequence[CertRecord]) -> None:
-            atomic_write(self.crl_path, self._sign(revoked, current, stamp))
+            # read again under the registry's write lock: a concurrent revocation that
+            # committed meanwhile published the CRL this one must follow (number + 1)
+            atomic_write(self.crl_path, self._sign(revoked, self._current_crl(), stamp))
 
         return self.registry.revoke(
             self.resolve_serial(target), reason, now=stamp, before_commit=publish
