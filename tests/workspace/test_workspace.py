@@ -271,6 +271,34 @@ def test_reseal_accepts_a_deliberate_edit(fleet_workspace: Path) -> None:
     assert Workspace.open(fleet_workspace).config.lifetimes.device_days == 365
 
 
+def test_reseal_after_a_hosts_edit_reissues_the_broker_certificate(
+    fleet_workspace: Path,
+) -> None:
+    """Devices check the broker's name: a host added to fleet.toml must be in its SANs."""
+    from espfleet.pki.keys import public_key_pem
+
+    ota_before = (fleet_workspace / "pki/ota.pem").read_bytes()
+    toml = fleet_workspace / "fleet.toml"
+    text = toml.read_text()
+    old_hosts = 'broker = ["localhost", "127.0.0.1"]'
+    assert old_hosts in text
+    toml.write_text(text.replace(old_hosts, 'broker = ["mqtt.acme.example", "10.0.0.5"]'))
+    changed = Workspace.reseal(fleet_workspace, PASS)
+    assert changed == ["fleet.toml", "pki/broker.key.pem", "pki/broker.pem"]
+    ws = Workspace.open(fleet_workspace)
+    broker = ws.server_cert("broker")
+    at = broker.not_valid_before_utc + dt.timedelta(minutes=10)
+    for host in ("mqtt.acme.example", "10.0.0.5"):
+        verify_server_chain(broker, ws.issuing_cert, ws.root_cert, host=host, at=at)
+    with pytest.raises(Exception, match="subjectAltName"):
+        verify_server_chain(broker, ws.issuing_cert, ws.root_cert, host="localhost", at=at)
+    key = ws.server_key("broker", PASS)
+    assert public_key_pem(key) == public_key_pem(broker.public_key())  # type: ignore[arg-type]
+    assert is_encrypted_pem((fleet_workspace / "pki/broker.key.pem").read_bytes())
+    assert (fleet_workspace / "pki/ota.pem").read_bytes() == ota_before
+    assert Workspace.reseal(fleet_workspace, PASS) == []  # nothing left to do
+
+
 def test_reseal_refuses_an_invalid_edit(fleet_workspace: Path, snapshot: Snapshot) -> None:
     path = fleet_workspace / "fleet.toml"
     path.write_text(path.read_text().replace('chip = "esp32"', 'chip = "esp8266"'))

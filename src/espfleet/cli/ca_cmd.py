@@ -111,7 +111,10 @@ def crl(obj: CliContext, out: Path | None, refresh: bool, as_json: bool) -> None
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_obj
 def reseal(obj: CliContext, unsafe_accept_all_files: bool, as_json: bool) -> None:
-    """Accept a deliberate edit of fleet.toml: validate it and re-sign the manifest."""
+    """Accept a deliberate edit of fleet.toml: validate it and re-sign the manifest.
+
+    If [hosts] changed, the broker and OTA server certificates are re-issued (new keys)
+    for the new names: redeploy those servers afterwards."""
     changed = Workspace.reseal(
         obj.workspace_dir,
         get_passphrase(purpose="the issuing CA key"),

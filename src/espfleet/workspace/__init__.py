@@ -33,7 +33,8 @@ Stable API (used by provisioning, audit, backend, demo)::
     ws.signing_key(passphrase) -> RSAPrivateKey        # Secure Boot V2 signing key
     ws.signing_public_key_pem() -> bytes; ws.secure_boot_digest() -> bytes (32)
     ws.root_cert, ws.issuing_cert, ws.chain_pem()      # no passphrase needed
-    ws.reseal(passphrase)                              # accept a deliberate fleet.toml edit
+    Workspace.reseal(path, passphrase)                 # accept a deliberate fleet.toml edit
+                                                       # (re-issues server certs for new hosts)
 """
 
 from __future__ import annotations
@@ -54,11 +55,22 @@ from sqlalchemy.engine import make_url
 from espfleet._io import atomic_write
 from espfleet.backend.registry import Registry
 from espfleet.errors import InputError, PkiError, WorkspaceError
-from espfleet.pki.ca import cert_pem, fingerprint_sha256, format_serial, utcnow
+from espfleet.pki.ca import (
+    CertificateAuthority,
+    cert_pem,
+    fingerprint_sha256,
+    format_serial,
+    utcnow,
+)
 from espfleet.pki.crl import crl_number, load_crl, revoked_serials, verify_crl
 from espfleet.pki.keys import PrivateKey, public_key_pem
 from espfleet.pki.store import read_bytes, read_certificate, read_private_key
-from espfleet.workspace._create import create_at
+from espfleet.workspace._create import (
+    certificate_hosts,
+    create_at,
+    issue_server_certs,
+    server_hosts,
+)
 from espfleet.workspace.authority import IssuingAuthority
 from espfleet.workspace.config import DEFAULT_HOSTS, FleetConfig, parse_fleet_toml
 from espfleet.workspace.layout import (
@@ -326,7 +338,7 @@ class Workspace:
         must not ride along with a settings edit), unless ``unsafe_accept_all_files``,
         the way back from a damaged manifest. Returns the files whose digests changed."""
         root = Path(path).absolute()
-        parse_fleet_toml(read_bytes(root / FLEET_TOML, name=FLEET_TOML))
+        config = parse_fleet_toml(read_bytes(root / FLEET_TOML, name=FLEET_TOML))
         root_cert = read_certificate(root / ROOT_CERT, name=ROOT_CERT)
         issuing = read_certificate(root / ISSUING_CERT, name=ISSUING_CERT)
         _check_issued_by(issuing, root_cert)
@@ -346,9 +358,21 @@ class Workspace:
                     f"{', '.join(others)} changed since the workspace was signed: reseal "
                     "accepts an edit of fleet.toml only; restore those files from a backup"
                 )
+        # [hosts] edited: the broker/OTA certificates must name the new hosts, or every
+        # device would refuse the server (new key too: redeploy the server afterwards)
+        stale = [
+            name
+            for name, (cert_name, _key) in SERVERS.items()
+            if certificate_hosts(read_certificate(root / cert_name, name=cert_name))
+            != set(server_hosts(config, name))
+        ]
+        authority = CertificateAuthority(
+            **authority_fields(config), root_cert=root_cert, issuing_cert=issuing, issuing_key=key
+        )
+        reissued = issue_server_certs(root, config, authority, passphrase, stale)
         atomic_write(root / MANIFEST, build_manifest(root, SIGNED_FILES, key))
         cls.open(root)
-        return changed
+        return sorted(set(changed) | set(reissued))
 
 
 def _check_issued_by(issuing: x509.Certificate, root_cert: x509.Certificate) -> None:

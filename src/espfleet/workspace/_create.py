@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import shutil
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
+
+from cryptography import x509
 
 from espfleet._io import atomic_write, atomic_write_text
 from espfleet.backend.registry import Registry
 from espfleet.errors import WorkspaceError
-from espfleet.pki.ca import CertificateAuthority, IssuedCert, new_hierarchy, utcnow
+from espfleet.pki.ca import CertificateAuthority, new_hierarchy, utcnow
 from espfleet.pki.keys import encrypt_private_key, generate_rsa3072_key, public_key_pem
 from espfleet.pki.store import write_certificate, write_private_key
 from espfleet.workspace.config import FleetConfig, render_fleet_toml
@@ -33,7 +37,7 @@ from espfleet.workspace.layout import (
 )
 from espfleet.workspace.manifest import MANIFEST, build_manifest
 
-__all__ = ["create_at"]
+__all__ = ["certificate_hosts", "create_at", "issue_server_certs", "server_hosts"]
 
 
 def create_at(target: Path, config: FleetConfig, passphrase: bytes) -> None:
@@ -111,9 +115,7 @@ def populate(root: Path, config: FleetConfig, passphrase: bytes) -> None:
         issuing_cert=hierarchy.issuing_cert,
         issuing_key=hierarchy.issuing_key,
     )
-    for name, hosts in (("broker", config.broker_hosts), ("ota", config.ota_hosts)):
-        issued = authority.issue_server_cert(f"{config.org} {name}", hosts, now=now)
-        _write_issued(root, SERVERS[name], issued, passphrase)
+    issue_server_certs(root, config, authority, passphrase, SERVERS, now=now)
     atomic_write(root / CRL, authority.sign_crl([], number=1, now=now))
     signing = generate_rsa3072_key()
     atomic_write(root / SIGNING_KEY, encrypt_private_key(signing, passphrase), mode=0o600)
@@ -124,8 +126,40 @@ def populate(root: Path, config: FleetConfig, passphrase: bytes) -> None:
     Registry.open(resolve_registry_url(config.registry_url, root)).close()
 
 
-def _write_issued(
-    root: Path, names: tuple[str, str], issued: IssuedCert, passphrase: bytes
-) -> None:
-    atomic_write(root / names[0], issued.cert_pem)
-    atomic_write(root / names[1], issued.encrypted_key_pem(passphrase), mode=0o600)
+def server_hosts(config: FleetConfig, name: str) -> tuple[str, ...]:
+    """The hosts fleet.toml gives the ``broker`` or ``ota`` server."""
+    hosts: tuple[str, ...] = getattr(config, f"{name}_hosts")
+    return hosts
+
+
+def certificate_hosts(cert: x509.Certificate) -> set[str]:
+    """The DNS names and IP addresses a server certificate is valid for."""
+    try:
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return set()
+    ips = {str(ip) for ip in sans.get_values_for_type(x509.IPAddress)}
+    return ips | set(sans.get_values_for_type(x509.DNSName))
+
+
+def issue_server_certs(
+    root: Path,
+    config: FleetConfig,
+    authority: CertificateAuthority,
+    passphrase: bytes,
+    names: Iterable[str],
+    *,
+    now: dt.datetime | None = None,
+) -> list[str]:
+    """(Re-)issue the named server certificates for their fleet.toml hosts, each with a
+    new key (encrypted); returns the files written."""
+    written: list[str] = []
+    for name in names:
+        cert_name, key_name = SERVERS[name]
+        issued = authority.issue_server_cert(
+            f"{config.org} {name}", server_hosts(config, name), now=now
+        )
+        atomic_write(root / key_name, issued.encrypted_key_pem(passphrase), mode=0o600)
+        atomic_write(root / cert_name, issued.cert_pem)
+        written += [cert_name, key_name]
+    return written

@@ -198,6 +198,7 @@ scheme = {v(config.secure_boot_scheme)}
 [hosts]
 # DNS names and IP addresses devices use to reach the MQTT broker; each one becomes
 # a subjectAltName of pki/broker.pem. Devices verify the broker against the fleet CA.
+# After editing the hosts, `espfleet ca reseal` re-issues the server certificates.
 broker = {v(config.broker_hosts)}
 # Mutual-TLS listener (device certificates) and the recovery listener (server-auth only).
 broker_port = {v(config.broker_port)}
