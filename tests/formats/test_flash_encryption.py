@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 
 import espsecure
@@ -227,3 +228,33 @@ def test_vectorised_aes_chunking_edges(monkeypatch: pytest.MonkeyPatch, keys_cou
     other = aes.key_words(keys[::-1].copy())
     assert (aes.with_inv_mixed(aes.key_words(keys) ^ other)
             == premixed ^ aes.with_inv_mixed(other)).all()
+
+
+def test_threads_encrypting_at_once_get_their_own_results() -> None:
+    """The AES keeps scratch arrays between calls; numpy releases the GIL while it
+    fills them, so each thread must have its own."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    jobs = [(os.urandom(32), os.urandom(64 << 10), 0x10000 * (n + 1)) for n in range(6)]
+    expected = [_espsecure(data, key, address, 0xF, False) for key, data, address in jobs]
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        for _ in range(3):
+            results = list(pool.map(lambda job: fe.encrypt(job[1], job[0], job[2], "esp32"),
+                                    jobs))
+            assert results == expected
+
+
+def test_scratch_memory_kept_between_calls_is_bounded() -> None:
+    """Many blocks per key need large scratch arrays: correct, and not kept afterwards."""
+    import espfleet.formats._aes_vec as aes
+
+    rng = np.random.default_rng(7)
+    keys = rng.integers(0, 256, (3000, 32), dtype=np.uint8)
+    blocks = rng.integers(0, 256, (3000, 120, 16), dtype=np.uint8)  # 5.5 MB of state
+    encrypted = aes256_encrypt_blocks(blocks, keys)
+    cipher = Cipher(algorithms.AES(keys[-1].tobytes()), modes.ECB())
+    assert encrypted[-1].tobytes() == cipher.encryptor().update(blocks[-1].tobytes())
+    assert (aes256_decrypt_blocks(encrypted, keys) == blocks).all()
+    kept = sum(buffer.nbytes for buffer in aes._ARENA.buffers.values())
+    assert kept <= 6 * aes._ARENA_MAX_BYTES
+    assert all(buffer.nbytes <= aes._ARENA_MAX_BYTES for buffer in aes._ARENA.buffers.values())

@@ -16,8 +16,10 @@ mode, no padding. :mod:`espfleet.formats.flash_encryption` is the user of it.
 
 from __future__ import annotations
 
+import math
 import sys
-from typing import Final
+import threading
+from typing import Final, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -31,6 +33,7 @@ __all__ = [
 ]
 
 Words = npt.NDArray[np.int64]
+_T = TypeVar("_T", bound=np.generic)
 
 _ROUNDS: Final = 14
 _KEY_WORDS: Final = 8
@@ -126,6 +129,8 @@ _S32: Final = _as32(_S)
 _SI32: Final = _as32(_SI)
 #: Index of row r's byte (row 0 = most significant) in a uint32's memory.
 _ROW_BYTE: Final = (3, 2, 1, 0) if sys.byteorder == "little" else (0, 1, 2, 3)
+#: The same for the low 32 bits of an int64 (the plain word of a key schedule word).
+_LOW_ROW_BYTE: Final = (3, 2, 1, 0) if sys.byteorder == "little" else (4, 5, 6, 7)
 _RCON: Final = (0x01, 0x02, 0x04, 0x08, 0x10, 0x20, 0x40)
 #: Rcon and InvMixColumns(Rcon) packed like the decryption key words, as signed int64.
 _RCON_PACKED: Final = {
@@ -154,8 +159,36 @@ def _lookup(tables: _Tables, b: tuple[Words, Words, Words, Words]) -> Words:
     return result
 
 
+class _Arena(threading.local):
+    """This thread's scratch arrays, kept between calls (and grown as needed).
+
+    A 1.5 MB encryption touches about 7 MB of fresh working arrays; on first touch
+    each 4 KB page costs a page fault and the kernel's zeroing, about 12% of the
+    time. Kept per thread, because numpy releases the GIL inside the loops that
+    fill them. Arrays over :data:`_ARENA_MAX_BYTES` (a caller with unusually many
+    blocks per key) are allocated per call instead of being kept.
+    """
+
+    def __init__(self) -> None:
+        self.buffers: dict[str, npt.NDArray[np.generic]] = {}
+
+    def array(self, name: str, dtype: type[_T], shape: tuple[int, ...]) -> npt.NDArray[_T]:
+        size = math.prod(shape)
+        if size * np.dtype(dtype).itemsize > _ARENA_MAX_BYTES:
+            return np.empty(shape, dtype=dtype)
+        buffer = self.buffers.get(name)
+        if buffer is None or buffer.dtype != dtype or buffer.size < size:
+            buffer = self.buffers[name] = np.empty(size, dtype=dtype)
+        kept: npt.NDArray[_T] = buffer[:size].reshape(shape)  # type: ignore[assignment]
+        return kept
+
+
+_ARENA_MAX_BYTES: Final = 4 << 20
+_ARENA: Final = _Arena()
+
+
 class _Work:
-    """Every array a call needs, allocated once.
+    """Every array a call needs, from this thread's :class:`_Arena`.
 
     Fresh multi-hundred-kilobyte temporaries per numpy call cost a page fault per
     4 KB, which was the largest cost of a first version; writing into these with
@@ -167,12 +200,14 @@ class _Work:
 
     def __init__(self, round_chunk: int, blocks_per_key: int, key_chunk: int) -> None:
         shape = (4, blocks_per_key, round_chunk)
-        self.state = np.empty(shape, dtype=np.uint32)
-        self.spare = np.empty(shape, dtype=np.uint32)
-        self.tmp = np.empty(shape, dtype=np.uint32)
-        self.words = np.empty((4 * (_ROUNDS + 1), key_chunk), dtype=np.int64)
-        self.packed = np.empty((4 * (_ROUNDS + 1), key_chunk), dtype=np.int64)
-        self.round_keys = np.empty((4 * (_ROUNDS + 1), key_chunk), dtype=np.uint32)
+        schedule = (4 * (_ROUNDS + 1), key_chunk)
+        self.state = _ARENA.array("state", np.uint32, shape)
+        self.spare = _ARENA.array("spare", np.uint32, shape)
+        self.tmp = _ARENA.array("tmp", np.uint32, shape)
+        # A call runs one direction: the plain and the packed schedule share memory.
+        self.words = self.packed = _ARENA.array("schedule", np.int64, schedule)
+        self.gathered = _ARENA.array("gathered", np.int64, (key_chunk,))
+        self.round_keys = _ARENA.array("round_keys", np.uint32, schedule)
 
     def lookup(self, tables: _Tables32, shift: tuple[int, int, int, int]) -> None:
         """One table round: state[c] = XOR over rows r of
@@ -189,6 +224,18 @@ class _Work:
             result[4 - k :] ^= tmp[:k]
         self.state, self.spare = result, source
 
+    def sub_word_into(self, tables: _Tables, i: int, previous: Words, out: Words) -> None:
+        """``out ^= SubWord(previous)`` (after RotWord every 8th word) through ``tables``,
+        indexing with the bytes of ``previous``'s low 32 bits in place: no shifts, masks
+        or temporaries."""
+        planes = previous.view(np.uint8).reshape(previous.shape[0], 8)
+        gathered = self.gathered[: previous.shape[0]]
+        # Every 8th word, RotWord moves byte 1 to the top and byte 0 to the bottom.
+        rows = (1, 2, 3, 0) if i % _KEY_WORDS == 0 else (0, 1, 2, 3)
+        for table, row in zip(tables, rows, strict=True):
+            np.take(table, planes[:, _LOW_ROW_BYTE[row]], out=gathered, mode="wrap")
+            out ^= gathered
+
     def expand_keys(self, key_words: Words) -> Words32:
         """FIPS-197 key expansion for AES-256: (8, N) key words -> (15, 4, N) round keys."""
         count = key_words.shape[1]
@@ -198,8 +245,8 @@ class _Work:
             if i % 4:
                 np.bitwise_xor(w[i - _KEY_WORDS], w[i - 1], out=w[i])
                 continue
-            b = _bytes_of(w[i - 1])
-            np.bitwise_xor(w[i - _KEY_WORDS], _lookup(_S, _sub_word_order(i, b)), out=w[i])
+            np.copyto(w[i], w[i - _KEY_WORDS])
+            self.sub_word_into(_S, i, w[i - 1], w[i])
             if _rcon(i):
                 w[i] ^= _rcon(i) << 24
         out = self.round_keys[:, :count]
@@ -226,10 +273,8 @@ class _Work:
             if i % 4:
                 np.bitwise_xor(packed[i - _KEY_WORDS], packed[i - 1], out=packed[i])
                 continue
-            low = packed[i - 1]
-            b = ((low >> 24) & _BYTE, (low >> 16) & _BYTE, (low >> 8) & _BYTE, low & _BYTE)
-            np.bitwise_xor(packed[i - _KEY_WORDS], _lookup(_S_AND_IMC_S, _sub_word_order(i, b)),
-                           out=packed[i])
+            np.copyto(packed[i], packed[i - _KEY_WORDS])
+            self.sub_word_into(_S_AND_IMC_S, i, packed[i - 1], packed[i])
             rcon = _rcon(i)
             if rcon:
                 packed[i] ^= np.int64(_RCON_PACKED[rcon])
@@ -240,14 +285,6 @@ class _Work:
         np.copyto(out[:4], packed[:4], casting="unsafe")
         np.copyto(out[-4:], packed[-4:], casting="unsafe")
         return out.reshape(_ROUNDS + 1, 4, count)
-
-
-_Bytes = tuple[Words, Words, Words, Words]
-
-
-def _sub_word_order(i: int, b: _Bytes) -> _Bytes:
-    """Every 8th word RotWord moves byte 1 to the top and byte 0 to the bottom."""
-    return (b[1], b[2], b[3], b[0]) if i % _KEY_WORDS == 0 else b
 
 
 def _rcon(i: int) -> int:
