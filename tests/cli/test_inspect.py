@@ -245,6 +245,18 @@ def test_empty_file_is_not_an_empty_partition_table(tmp_path: Path) -> None:
     assert_one_line_error(run(path, "--as", "partitions"), "0 bytes", "offset 0x0")
 
 
+def test_flash_encrypted_nvs_keys_file_names_the_file_and_how_to_decrypt(
+    tmp_path: Path,
+) -> None:
+    keys = NvsKeys.generate()
+    (tmp_path / "nvs.bin").write_bytes(nvs.write(NAMESPACES, 0x6000, keys))
+    sealed = flash_encryption.encrypt(keys.encode(), os.urandom(32), 0x1C000, "esp32")
+    (tmp_path / "nvs_keys.bin").write_bytes(sealed)
+    result = run(tmp_path / "nvs.bin", "--as", "nvs", "--nvs-keys", tmp_path / "nvs_keys.bin")
+    assert_one_line_error(result, f"--nvs-keys {tmp_path / 'nvs_keys.bin'}: nvs_keys at offset",
+                          "espsecure decrypt-flash-data")
+
+
 def test_nvs_keys_option_only_for_nvs(tmp_path: Path) -> None:
     path = tmp_path / "x.bin"
     path.write_bytes(b"\xff" * 0x1000)

@@ -117,7 +117,15 @@ def _keys_from(options: _Options) -> Any:
 
     if options.nvs_keys is None:
         return None
-    return nvs_keys.decode(_read(options.nvs_keys, "nvs_keys file"))
+    try:
+        return nvs_keys.decode(_read(options.nvs_keys, "nvs_keys file"))
+    except FormatError as error:
+        raise FormatError(
+            f"--nvs-keys {options.nvs_keys}: {error}. A bundle's nvs_keys.bin is "
+            "flash-encrypted: decrypt it first, e.g. espsecure decrypt-flash-data "
+            "--keyfile KEY --address <nvs_keys offset> -o nvs_keys.plain.bin nvs_keys.bin",
+            error.offset,
+        ) from None
 
 
 def _nvs(data: bytes, options: _Options) -> Report:
