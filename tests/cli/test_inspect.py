@@ -196,6 +196,10 @@ def test_signed_bootloader_signature_matches_espsecure_digest(vectors: Path) -> 
         {"index": 0, "scheme": "rsa3072", "key_digest": expected.hex(), "crc_ok": True,
          "verifies": True},
     ]  # fmt: skip
+    shown = run(vectors / "bootloader_signed_v2_rsa.bin", "--as", "image").stdout
+    assert "Secure Boot V2 signature blocks" in shown
+    assert expected.hex()[:16] in shown.replace("│", "").replace(" ", "")
+    assert "valid" in shown and "INVALID" not in shown
 
 
 def test_image_for_another_chip_exits_2(vectors: Path) -> None:

@@ -207,12 +207,21 @@ def _image(data: bytes, options: _Options) -> Report:
     segments = _table("Segments", "#", "load address", "length", "file offset")
     for n, s in enumerate(image.segments):
         segments.add_row(str(n), _hex(s.load_address), _hex(s.length), _hex(s.data_offset))
+    signatures = _table(
+        "Secure Boot V2 signature blocks", "#", "scheme", "key digest (eFuse)", "CRC", "signature"
+    )
+    for block in document["signatures"]:
+        signatures.add_row(
+            str(block["index"]), block["scheme"], block["key_digest"],
+            "ok" if block["crc_ok"] else "BAD", "valid" if block["verifies"] else "INVALID",
+        )  # fmt: skip
     signed = len(document["signatures"])
     chip = image.chip or f"chip id {image.chip_id} (not a chip espfleet supports)"
     title = f"{document['kind'].capitalize()} image for {chip}" + (
         f", {signed} Secure Boot V2 signature(s)" if signed else ", no Secure Boot V2 signature"
     )
-    return Report(document, title, (summary, segments))
+    tables = (summary, segments, signatures) if signed else (summary, segments)
+    return Report(document, title, tables)
 
 
 def _signatures(data: bytes) -> list[dict[str, Any]]:
