@@ -411,3 +411,14 @@ def test_chain_pem_is_issuing_then_root(fleet_workspace: Path) -> None:
     assert certs == [ws.issuing_cert, ws.root_cert]
     assert (fleet_workspace / "pki/ca-chain.pem").read_bytes() == ws.chain_pem()
     assert os.path.samefile(ws.pki_dir, fleet_workspace / "pki")
+
+
+def test_secret_directories_are_owner_only(tmp_path: Path) -> None:
+    """keys/, vault/, pki/, bundles/ and vdevs/ hold secrets: no group or other access."""
+    from espfleet.workspace import Workspace
+    from espfleet.workspace.layout import PRIVATE_DIRS
+
+    ws = Workspace.create(tmp_path / "fleet", org="Acme", passphrase=b"correct horse battery")
+    for name in PRIVATE_DIRS:
+        mode = stat.S_IMODE((ws.root / name).stat().st_mode)
+        assert mode == 0o700, f"{name} is {oct(mode)}"

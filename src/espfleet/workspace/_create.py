@@ -26,6 +26,7 @@ from espfleet.workspace.layout import (
     GITIGNORE,
     ISSUING_CERT,
     ISSUING_KEY,
+    PRIVATE_DIRS,
     ROOT_CERT,
     ROOT_KEY,
     SERVERS,
@@ -99,6 +100,8 @@ def populate(root: Path, config: FleetConfig, passphrase: bytes) -> None:
     """Write a complete workspace into ``root`` (a fresh temporary directory)."""
     for name in DIRS:
         (root / name).mkdir(parents=True, exist_ok=True)
+        if name in PRIVATE_DIRS:
+            (root / name).chmod(0o700)
     now = utcnow()
     life = config.lifetimes
     hierarchy = new_hierarchy(
