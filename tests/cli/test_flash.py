@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -304,3 +305,30 @@ def test_revoked_device_is_never_flashed_back_to_life(
     with Workspace.open(fleet_workspace).registry() as registry:
         record = registry.get_device(DEVICE)
         assert record is not None and record.status == status
+
+
+def test_interrupted_flash_leaves_device_flashing_so_provision_never_rebuilds_its_key(
+    fleet_workspace: Path, chip: tuple[VirtualChip, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The registry says ``flashing`` before the first burn: even with its bundle folder
+    lost, a re-provision skips the device instead of replacing the vault's only copy of
+    the key the chip may already hold."""
+    import espfleet.cli.flash_cmd as flash_cmd
+    from espfleet.errors import FlashError
+    from espfleet.provisioning.batch import done_devices
+
+    make_bundle(fleet_workspace)
+
+    def link_lost(*_args: object, **_kwargs: object) -> None:
+        raise FlashError("link lost after burning BLOCK1")
+
+    monkeypatch.setattr(flash_cmd, "execute", link_lost)
+    result = run(DEVICE, "--port", chip[1], "--yes")
+    assert result.exit_code == 1 and "link lost" in result.output
+    workspace = Workspace.open(fleet_workspace)
+    with workspace.registry() as registry:
+        record = registry.get_device(DEVICE)
+        assert record is not None and record.status == "flashing"
+        shutil.rmtree(workspace.bundles_dir / DEVICE)
+        assert done_devices(registry, workspace.bundles_dir, [DEVICE]) == {DEVICE}
+    assert Vault.open(workspace.vault_dir, PASSPHRASE, create=False).contains(DEVICE)

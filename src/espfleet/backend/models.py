@@ -29,7 +29,11 @@ __all__ = [
     "UtcDateTime",
 ]
 
-DEVICE_STATUSES = ("allocated", "provisioned", "flashed", "active", "revoked", "decommissioned")
+#: ``flashing``: `espfleet flash` is about to burn (or began burning) the chip's eFuses, so
+#: the chip may hold the bundle's flash-encryption key: the bundle must never be rebuilt.
+DEVICE_STATUSES = (
+    "allocated", "provisioned", "flashing", "flashed", "active", "revoked", "decommissioned",
+)
 DEVICE_MODES = ("release", "development")
 CERTIFICATE_STATUSES = ("active", "revoked", "superseded")
 CERTIFICATE_KINDS = ("device", "server", "ca")

@@ -122,6 +122,10 @@ def _flash(
                 "Burning eFuses is irreversible. Flash this device?", abort=True, err=True
             )
         say = (lambda _m: None) if as_json else (lambda m: err_console.print(f"  {m}"))
+        if not inspection.complete:
+            # Before the first burn: from here on the chip may hold this bundle's key, and
+            # `espfleet provision` must never rebuild the bundle (even if its folder is lost).
+            _record(workspace, bundle, status="flashing")
         result = execute(
             inspection, session, journal, key_provider=keys.flash_encryption_key, progress=say
         )
@@ -178,16 +182,16 @@ def _check_recorded(workspace: Workspace, bundle_dir: Path, device_id: str) -> N
         )
 
 
-def _record(workspace: Workspace, bundle: Bundle) -> None:
+def _record(workspace: Workspace, bundle: Bundle, status: str = "flashed") -> None:
     manifest = bundle.manifest
     with workspace.registry() as registry:
         if registry.get_device(manifest.device_id) is None:
             registry.add_device(
-                manifest.device_id, chip=manifest.chip, mac=manifest.mac, status="flashed",
+                manifest.device_id, chip=manifest.chip, mac=manifest.mac, status=status,
                 mode=manifest.mode,
             )
         else:
-            registry.update_device(manifest.device_id, status="flashed", mode=manifest.mode)
+            registry.update_device(manifest.device_id, status=status, mode=manifest.mode)
 
 
 def _status(done: bool, todo: str) -> str:

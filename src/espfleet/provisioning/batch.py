@@ -65,7 +65,7 @@ __all__ = [
 ]
 
 #: Registry statuses of a device whose bundle was built (or that went further).
-DONE_STATUSES = ("provisioned", "flashed", "active")
+DONE_STATUSES = ("provisioned", "flashing", "flashed", "active")
 
 
 @dataclass(frozen=True)
