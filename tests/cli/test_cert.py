@@ -206,6 +206,9 @@ def _bad_input_cases(tmp_path: Path) -> dict[str, tuple[list[str], int, str]]:
         "revoke_garbage": (["cert", "revoke", "not-a-thing!"], 2, "neither a device id nor"),
         "revoke_twice": (["cert", "revoke", "esp32-bbbbbbbbbbbb"], 2, "already revoked"),
         "bad_reason": (["cert", "revoke", "esp32-aaaaaaaaaaaa", "--reason", "meh"], 2, "meh"),
+        "expiring_within_past_year_9999": (
+            ["cert", "list", "--expiring-within", "99999999999"], 2, "--expiring-within"
+        ),
     }
 
 
@@ -222,6 +225,7 @@ def _bad_input_cases(tmp_path: Path) -> dict[str, tuple[list[str], int, str]]:
         "revoke_garbage",
         "revoke_twice",
         "bad_reason",
+        "expiring_within_past_year_9999",
     ],
 )
 def test_bad_input_changes_nothing(

@@ -199,9 +199,13 @@ def revoke(obj: CliContext, target: str, reason: str, as_json: bool) -> None:
     console.print(f"CRL re-signed: {result['crl']}")
 
 
+#: 100 years: beyond any certificate lifetime, and far from datetime's year 9999.
+_MAX_DAYS = 36500
+
+
 @cert.command(name="list")
 @click.option(
-    "--expiring-within", type=click.IntRange(min=0), metavar="DAYS",
+    "--expiring-within", type=click.IntRange(min=0, max=_MAX_DAYS), metavar="DAYS",
     help="Only active certificates that expire within DAYS (expired ones included).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
