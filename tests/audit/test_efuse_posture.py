@@ -111,6 +111,22 @@ def test_development_mode_chip(tmp_path: Path, chip: str) -> None:
 
 
 @pytest.mark.parametrize("chip", CHIPS)
+def test_development_notes_describe_the_chip_not_the_plan(tmp_path: Path, chip: str) -> None:
+    """Notes say what the chip leaves open: a locked chip audited as development mode
+    must not be described as open (writable counter, JTAG, download mode)."""
+    facts = chip_facts(chip)
+    dev = audit(chip, provisioned(tmp_path, chip, "development"), "development")
+    assert any(n.startswith(f"{facts.crypt_cnt_field} stays writable") and
+               f"({facts.plaintext_reflashes} plaintext re-flash(es) left" in n
+               for n in dev.notes), dev.notes
+    assert any(n.startswith("JTAG stays enabled") for n in dev.notes), dev.notes
+    assert any(n.startswith("UART download mode stays open") for n in dev.notes), dev.notes
+    locked = audit(chip, provisioned(tmp_path, chip, "release"), "development")
+    assert locked.findings == ()
+    assert locked.notes == (), locked.notes
+
+
+@pytest.mark.parametrize("chip", CHIPS)
 def test_release_without_jtag_disabled(tmp_path: Path, chip: str) -> None:
     jtag = {"JTAG_DISABLE", "DIS_PAD_JTAG"}
     path = provisioned(tmp_path, chip, "release", skip=lambda s: s.target in jtag,

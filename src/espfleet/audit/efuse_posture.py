@@ -152,13 +152,42 @@ def audit_efuses(
     # Listed in an order that is safe to fix top to bottom: the download-mode lock
     # (and what it must come with) last, since espefuse cannot reach the chip after it.
     findings.sort(key=lambda f: (_runs_last(facts, f), -f.severity))
-    notes = plan.leaves_open()
+    notes = _left_open(ctx)
     if unverified:
         notes += (f"not verified, assumed as required: {', '.join(unverified)}",)
     elif expected_digest is None and _digest_slots(ctx):
         notes += ("the secure boot digest was not compared with the fleet's signing key "
                   "(no --workspace): a chip that trusts any other key passes this audit",)
     return EfuseReport(chip=facts.name, mode=plan.mode, findings=tuple(findings), notes=notes)
+
+
+def _left_open(ctx: _Context) -> tuple[str, ...]:
+    """What a development-mode chip still leaves open, as its eFuses show it (not as the
+    plan intends: a chip audited as development may be locked further than that)."""
+    if ctx.release:
+        return ()
+    facts, notes = ctx.facts, []
+    counter = facts.crypt_cnt_field
+    left = (facts.crypt_cnt_bits - bin(ctx.value(counter)).count("1")) // 2
+    if ctx.state.get(counter).writeable and left:
+        notes.append(f"{counter} stays writable: flash encryption can be turned off ({left} "
+                     "plaintext re-flash(es) left in the chip's life)")
+    if ctx.lock() is None:
+        open_dl = [name for name in facts.release_hardening if name in _HARDENING_WHY
+                   and _HARDENING_WHY[name].startswith("download mode") and not ctx.value(name)]
+        notes.append("UART download mode stays open" + (
+            f" ({', '.join(open_dl)} not burned): anyone with the board can read decrypted "
+            "flash and write plaintext images" if open_dl else
+            ": anyone with the board can talk to the ROM loader"))
+    jtag = [name for name in facts.release_hardening if "JTAG" in name and not ctx.value(name)]
+    if jtag:
+        notes.append(f"JTAG stays enabled ({', '.join(jtag)} not burned): a debugger can read "
+                     "RAM (keys in use, NVS contents)")
+    if ctx.state.get(facts.rd_dis_field).writeable:
+        notes.append(f"{facts.rd_dis_field} is not write-protected")
+    if any(not blocks and not ctx.value(revoke) for _, revoke, blocks in _slot_blocks(ctx)):
+        notes.append("unused secure boot digest slots are not revoked")
+    return tuple(notes)
 
 
 #: Burns that brick a chip whose flash does not hold matching images yet.
