@@ -332,3 +332,28 @@ def test_interrupted_flash_leaves_device_flashing_so_provision_never_rebuilds_it
         shutil.rmtree(workspace.bundles_dir / DEVICE)
         assert done_devices(registry, workspace.bundles_dir, [DEVICE]) == {DEVICE}
     assert Vault.open(workspace.vault_dir, PASSPHRASE, create=False).contains(DEVICE)
+
+
+@pytest.mark.parametrize("passphrase", [None, "not the passphrase"])
+def test_wrong_or_missing_passphrase_leaves_registry_status_untouched(
+    fleet_workspace: Path,
+    chip: tuple[VirtualChip, str],
+    monkeypatch: pytest.MonkeyPatch,
+    passphrase: str | None,
+) -> None:
+    """Nothing was burned, so the registry must not say ``flashing`` (which keeps
+    `espfleet provision` from ever rebuilding the device's bundle)."""
+    make_bundle(fleet_workspace)
+    with Workspace.open(fleet_workspace).registry() as registry:
+        registry.add_device(DEVICE, chip="esp32", mac=MAC.hex(), status="provisioned",
+                            mode="release")
+    if passphrase is None:
+        monkeypatch.delenv("ESPFLEET_PASSPHRASE")
+    else:
+        monkeypatch.setenv("ESPFLEET_PASSPHRASE", passphrase)
+    result = run(DEVICE, "--port", chip[1], "--yes")
+    assert result.exit_code == 2, result.output
+    assert "passphrase" in result.output
+    with Workspace.open(fleet_workspace).registry() as registry:
+        record = registry.get_device(DEVICE)
+        assert record is not None and record.status == "provisioned"

@@ -14,9 +14,11 @@ from espfleet.device_id import parse_device_id
 from espfleet.errors import FlashError, InputError
 from espfleet.provisioning.batch import bundle_sha256
 from espfleet.provisioning.bundle import MANIFEST_NAME, Bundle, load_bundle, wipe_secrets
+from espfleet.provisioning.efuse_plan import SOURCE_FLASH_ENCRYPTION_KEY
 from espfleet.provisioning.esptool_driver import open_session
 from espfleet.provisioning.flash_journal import FlashJournal
 from espfleet.provisioning.flasher import FlashJob, Inspection, execute, inspect_chip
+from espfleet.provisioning.preflight import pending
 from espfleet.provisioning.prepare import RETIRED_STATUSES
 from espfleet.provisioning.vault import Vault
 from espfleet.workspace import Workspace
@@ -29,6 +31,7 @@ class _Keys:
         self.workspace = workspace
         self.bundle = bundle
         self._vault: Vault | None = None
+        self._key: bytes | None = None
 
     def vault(self) -> Vault:
         if self._vault is None:
@@ -37,11 +40,13 @@ class _Keys:
         return self._vault
 
     def flash_encryption_key(self) -> bytes:
-        device_id = self.bundle.manifest.device_id
-        sealed = self.bundle.sealed_secrets
-        vault = self.vault()
-        secrets = vault.unseal(device_id, sealed) if sealed else vault.load(device_id)
-        return secrets.flash_encryption_key
+        if self._key is None:
+            device_id = self.bundle.manifest.device_id
+            sealed = self.bundle.sealed_secrets
+            vault = self.vault()
+            secrets = vault.unseal(device_id, sealed) if sealed else vault.load(device_id)
+            self._key = secrets.flash_encryption_key
+        return self._key
 
     def destroy(self) -> None:
         wipe_secrets(self.bundle.path)
@@ -122,6 +127,11 @@ def _flash(
                 "Burning eFuses is irreversible. Flash this device?", abort=True, err=True
             )
         say = (lambda _m: None) if as_json else (lambda m: err_console.print(f"  {m}"))
+        if any(s.source == SOURCE_FLASH_ENCRYPTION_KEY
+               for s in pending(inspection.efuse, "pre_flash")):
+            # A missing or wrong passphrase stops here, before the registry says
+            # `flashing` (which would keep `espfleet provision` off an untouched device).
+            keys.flash_encryption_key()
         if not inspection.complete:
             # Before the first burn: from here on the chip may hold this bundle's key, and
             # `espfleet provision` must never rebuild the bundle (even if its folder is lost).
