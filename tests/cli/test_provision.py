@@ -79,6 +79,22 @@ def test_count_builds_bundles_registers_devices_and_escrows_keys(
             assert bytes.fromhex(record.mac)[0] & 0x02  # locally administered
 
 
+def test_count_never_builds_for_a_board_registered_by_cert_issue(
+    fleet_workspace: Path, fw: dict[str, Path]
+) -> None:
+    """`cert issue` registers a real board's MAC as "allocated"; --count resumes only
+    MACs of its own range, so it must not build a bundle for (and re-key) that board."""
+    issued = CliRunner().invoke(main, ["cert", "issue", "esp32-24a1600a1b2c", "--json"])
+    assert issued.exit_code == 0, issued.output
+    result = _provision("--count", "1", *_firmware_args(fw), "--jobs", "1", "--json")
+    assert result.exit_code == 0, result.output
+    [device] = json.loads(result.output)["devices"]
+    assert device["device_id"].startswith("esp32-02e5f1")
+    with _registry(fleet_workspace) as registry:
+        cert = registry.active_certificate("esp32-24a1600a1b2c")
+        assert cert is not None and cert.serial == json.loads(issued.output)["serial"]  # not superseded
+
+
 def test_rerun_skips_done_devices_and_changes_nothing(
     fleet_workspace: Path, fw: dict[str, Path], snapshot: Snapshot
 ) -> None:

@@ -23,7 +23,7 @@ from espfleet.pki.ca import cert_pem
 from espfleet.provisioning.bundle import FirmwareInfo
 from espfleet.provisioning.efuse_plan import plan_for
 from espfleet.provisioning.inputs import FirmwareSource, check_firmware
-from espfleet.provisioning.macs import MacEntry, allocate_macs
+from espfleet.provisioning.macs import LOCAL_PREFIX, MacEntry, allocate_macs
 from espfleet.provisioning.plan import DeviceRequest, FleetPolicy
 
 #: Registry statuses of identities that must never come back.
@@ -169,9 +169,12 @@ def requests_for(
         if registry is None:
             raise InputError("--count needs the registry to allocate MACs")
         records = registry.list_devices()
+        # only MACs of espfleet's own range: `cert issue` registers a board's real MAC
+        # as "allocated" too, and --count must never build a bundle for that board
         unfinished = [
             r for r in records
             if r.status == "allocated" and r.chip == chip and r.mac and not r.bundle_sha256
+            and bytes.fromhex(r.mac)[:3] == LOCAL_PREFIX
         ][:count]
         resumed = len(unfinished)
         for record in unfinished:
