@@ -357,3 +357,30 @@ def test_wrong_or_missing_passphrase_leaves_registry_status_untouched(
     with Workspace.open(fleet_workspace).registry() as registry:
         record = registry.get_device(DEVICE)
         assert record is not None and record.status == "provisioned"
+
+
+@pytest.mark.parametrize("chip_name", ["esp32", "esp32s3", "esp32c3"])
+def test_efuse_plan_table_keeps_every_column_at_80_columns(
+    chip_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The plan shown before an irreversible burn: at 80 columns the long S3/C3 key steps
+    squeezed '#', 'why' and the status ('to …') out of the table."""
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    import espfleet.cli.flash_cmd as flash_cmd
+    from espfleet.provisioning.preflight import StepCheck
+
+    out = io.StringIO()
+    monkeypatch.setattr(flash_cmd, "console", Console(file=out, width=80, highlight=False))
+    steps = [s for s in plan_for(chip_name, "release").steps if s.phase == "pre_flash"]
+    inspection = SimpleNamespace(efuse=[StepCheck(step, done=False) for step in steps])
+    flash_cmd._render_steps(inspection, "pre_flash", "eFuses")  # type: ignore[arg-type]
+    text = out.getvalue()
+    header = next(line for line in text.splitlines() if "step" in line)
+    assert "#" in header and "why" in header and "status" in header
+    assert text.count("to burn") == len(steps)
+    for step in steps:
+        assert step.target in text
+        assert step.why.split()[0] in text

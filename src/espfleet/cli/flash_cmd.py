@@ -235,10 +235,12 @@ def _render_steps(inspection: Inspection, phase: str, title: str) -> None:
     if not checks:
         return
     table = Table(title=title, title_justify="left")
-    table.add_column("#")
-    table.add_column("step", no_wrap=True)
+    # Wrapping columns: at 80 columns (a factory log, a pipe) the long S3/C3 key steps
+    # must not squeeze "#", "why" and the status out of the table.
+    table.add_column("#", no_wrap=True)
+    table.add_column("step", overflow="fold")
     table.add_column("why")
-    table.add_column("status", no_wrap=True)
+    table.add_column("status", no_wrap=True, min_width=len("to burn"))
     for index, check in enumerate(checks, 1):
         table.add_row(
             str(index), check.step.describe(), check.step.why, _status(check.done, "to burn")
