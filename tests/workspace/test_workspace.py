@@ -308,6 +308,28 @@ def test_reseal_refuses_an_invalid_edit(fleet_workspace: Path, snapshot: Snapsho
     assert snapshot(fleet_workspace) == before
 
 
+def test_reseal_refuses_a_chip_edit_once_devices_exist(
+    fleet_workspace: Path, snapshot: Snapshot
+) -> None:
+    """esp32 devices are registered: switching the fleet to esp32s3 would orphan them
+    (their ids, bundles and eFuse plans are esp32's)."""
+    with Workspace.open(fleet_workspace).ca(PASS) as authority:
+        authority.record(authority.issue_device_cert(DEVICE))
+    path = fleet_workspace / "fleet.toml"
+    path.write_text(path.read_text().replace('chip = "esp32"', 'chip = "esp32s3"'))
+    before = snapshot(fleet_workspace)
+    with pytest.raises(WorkspaceError, match=r"registry holds esp32 devices.*chip = 'esp32'"):
+        Workspace.reseal(fleet_workspace, PASS)
+    assert snapshot(fleet_workspace) == before
+
+
+def test_reseal_accepts_a_chip_edit_before_any_device(fleet_workspace: Path) -> None:
+    path = fleet_workspace / "fleet.toml"
+    path.write_text(path.read_text().replace('chip = "esp32"', 'chip = "esp32s3"'))
+    assert Workspace.reseal(fleet_workspace, PASS) == ["fleet.toml"]
+    assert Workspace.open(fleet_workspace).config.chip == "esp32s3"
+
+
 def test_swapped_ca_chain_cannot_ride_along_with_a_reseal(
     fleet_workspace: Path, tmp_path: Path, snapshot: Snapshot
 ) -> None:

@@ -342,6 +342,7 @@ class Workspace:
         root_cert = read_certificate(root / ROOT_CERT, name=ROOT_CERT)
         issuing = read_certificate(root / ISSUING_CERT, name=ISSUING_CERT)
         _check_issued_by(issuing, root_cert)
+        cls(root, config)._check_chip_of_devices()
         key = read_private_key(root / ISSUING_KEY, passphrase, name=ISSUING_KEY)
         if public_key_pem(key) != public_key_pem(issuing.public_key()):  # type: ignore[arg-type]
             raise WorkspaceError(f"{ISSUING_KEY} does not match {ISSUING_CERT}: restore pki/")
@@ -373,6 +374,23 @@ class Workspace:
         atomic_write(root / MANIFEST, build_manifest(root, SIGNED_FILES, key))
         cls.open(root)
         return sorted(set(changed) | set(reissued))
+
+
+    def _check_chip_of_devices(self) -> None:
+        """A fleet's chip cannot change once the registry holds devices of it: their ids,
+        bundles and eFuse plans are that chip's (an edit of [fleet] chip is a mistake)."""
+        database = sqlite_file(self.registry_url)
+        if database is not None and not database.is_file():
+            return  # nothing registered here (and opening would create an empty registry)
+        with self.registry() as registry:
+            others = sorted({r.chip for r in registry.list_devices()} - {self.config.chip})
+        if others:
+            raise WorkspaceError(
+                f"fleet.toml: [fleet] chip is {self.config.chip!r}, but the registry holds "
+                f"{' and '.join(others)} devices: a fleet's chip cannot change once it has "
+                f"devices; restore chip = {others[0]!r}, or create a workspace for the "
+                f"{self.config.chip} product with `espfleet init`"
+            )
 
 
 def _check_issued_by(issuing: x509.Certificate, root_cert: x509.Certificate) -> None:
