@@ -98,6 +98,19 @@ def test_bad_host_is_refused(host: str) -> None:
         FleetConfig(org="Acme", broker_hosts=(host,))
 
 
+@pytest.mark.parametrize("host", ["999.1.1.1", "192.168.1.300", "10.0.0"])
+def test_mistyped_ip_address_is_refused_not_taken_as_a_dns_name(host: str) -> None:
+    """A device would look the "name" up in DNS and never reach the broker."""
+    with pytest.raises(InputError, match="is not an IP address"):
+        FleetConfig(org="Acme", broker_hosts=(host,))
+
+
+def test_dns_name_with_a_trailing_dot_is_stored_without_it() -> None:
+    """The SAN must be mqtt.example.com: TLS clients match the name without the dot."""
+    config = FleetConfig(org="Acme", broker_hosts=("MQTT.Example.com.",))
+    assert config.broker_hosts == ("mqtt.example.com",)
+
+
 def test_bad_org_is_refused() -> None:
     for org in ("", "   ", "x" * 65, "evil\nO=root"):
         with pytest.raises(InputError, match=r"\[fleet\] org"):

@@ -44,13 +44,19 @@ def validate_host(host: str) -> str:
         return str(ipaddress.ip_address(host))
     except ValueError:
         pass
-    labels = host.rstrip(".").split(".")
-    if not host or len(host) > 253 or not all(_DNS_LABEL.fullmatch(label) for label in labels):
+    name = host.rstrip(".")  # a certificate SAN holds the name without the root's dot
+    labels = name.split(".")
+    if not name or len(name) > 253 or not all(_DNS_LABEL.fullmatch(label) for label in labels):
         raise InputError(
             f"{host!r} is neither a DNS name nor an IP address: give e.g. mqtt.example.com "
             "or 192.168.1.10"
         )
-    return host.lower()
+    if labels[-1].isdigit():  # no top-level domain is numeric (RFC 1123): a mistyped IP
+        raise InputError(
+            f"{host!r} is not an IP address (each of the 4 numbers is 0 to 255) and, ending "
+            "in a number, not a DNS name either: check it, e.g. 192.168.1.10"
+        )
+    return name.lower()
 
 
 @dataclass(frozen=True)
