@@ -110,6 +110,25 @@ def test_corrupt_otadata_is_shown_as_ignored(tmp_path: Path) -> None:
     assert_one_line_error(run(path, "--as", "otadata"), "truncated at offset 0x1010")
 
 
+def test_flash_encrypted_otadata_says_how_to_decrypt_it(tmp_path: Path) -> None:
+    """A bundle's otadata.bin is flash-encrypted: both sectors fail their CRC, which
+    alone reads as "boots factory"; the title says to decrypt it first."""
+    ota = otadata.set_state(otadata.select(otadata.blank(), 0, 2), otadata.OtaState.VALID)
+    key = os.urandom(32)
+    path = tmp_path / "otadata.bin"
+    path.write_bytes(flash_encryption.encrypt(ota.encode(), key, 0x1D000, "esp32"))
+    result = run(path, "--as", "otadata")
+    assert result.exit_code == 0
+    assert "decrypt it with --flash-key, --chip and --address" in result.stdout
+    (tmp_path / "fe.key").write_bytes(key)
+    decrypted = run(path, "--as", "otadata", "--flash-key", tmp_path / "fe.key",
+                    "--chip", "esp32", "--address", "0x1d000")
+    assert decrypted.stdout.startswith("otadata: the bootloader boots ota_0 (with 2 OTA slots)\n")
+    blank = tmp_path / "blank.bin"
+    blank.write_bytes(otadata.blank().encode())
+    assert "--flash-key" not in run(blank, "--as", "otadata").stdout
+
+
 def test_blank_otadata_boots_factory(tmp_path: Path) -> None:
     path = tmp_path / "ota.bin"
     path.write_bytes(otadata.blank().encode())

@@ -94,8 +94,7 @@ def _otadata(data: bytes, options: _Options) -> Report:
     out = _table("", "sector", "ota_seq", "state", "slot", "label")
     for sector, entry in enumerate(ota.entries):
         if entry is None:
-            raw = data[sector * otadata.SECTOR_SIZE :][:32]
-            erased = raw == b"\xff" * 32
+            erased = sector in _erased_sectors(data)
             entries.append(None)
             state = "erased" if erased else "bad CRC: ignored by the bootloader"
             out.add_row(str(sector), "-", state, "-", "")
@@ -109,7 +108,19 @@ def _otadata(data: bytes, options: _Options) -> Report:
     document = {"entries": entries, "active_sector": ota.active_index(), "boot_slot": boot}
     target = f"ota_{boot}" if boot is not None else "factory (or ota_0 without one)"
     title = f"otadata: the bootloader boots {target} (with {options.ota_slots} OTA slots)"
+    if all(entry is None for entry in entries) and not _erased_sectors(data):
+        title += (
+            "; neither sector is valid nor erased: if FILE is flash-encrypted (a bundle's "
+            "otadata.bin, a dump), decrypt it with --flash-key, --chip and --address"
+        )
     return Report(document, title, (out,))
+
+
+def _erased_sectors(data: bytes) -> set[int]:
+    """Sectors whose entry is still erased (0xFF), as a fresh chip's otadata is."""
+    from espfleet.formats.otadata import SECTOR_SIZE
+
+    return {sector for sector in range(2) if data[sector * SECTOR_SIZE :][:32] == b"\xff" * 32}
 
 
 def _keys_from(options: _Options) -> Any:
