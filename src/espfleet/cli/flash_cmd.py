@@ -230,19 +230,24 @@ def _render(inspection: Inspection) -> None:
         console.print(f"[yellow]development mode leaves open:[/] {warning}")
 
 
+#: Width of the step column at most (the "why" column gets the rest).
+_STEP_WIDTH = 36
+
+
 def _render_steps(inspection: Inspection, phase: str, title: str) -> None:
     checks = [c for c in inspection.efuse if c.step.phase == phase]
     if not checks:
         return
+    # The step wraps before its key source ("<- ...") and within a width that leaves the
+    # "why" readable: at 80 columns (a factory log, a pipe) a no-wrap step column
+    # squeezed "#", "why" and the status out of the table.
+    steps = [check.step.describe().replace(" <- ", "\n<- ") for check in checks]
+    longest = max(len(line) for step in steps for line in step.splitlines())
     table = Table(title=title, title_justify="left")
-    # Wrapping columns: at 80 columns (a factory log, a pipe) the long S3/C3 key steps
-    # must not squeeze "#", "why" and the status out of the table.
     table.add_column("#", no_wrap=True)
-    table.add_column("step", overflow="fold")
-    table.add_column("why")
+    table.add_column("step", overflow="fold", width=min(longest, _STEP_WIDTH))
+    table.add_column("why", ratio=1)
     table.add_column("status", no_wrap=True, min_width=len("to burn"))
-    for index, check in enumerate(checks, 1):
-        table.add_row(
-            str(index), check.step.describe(), check.step.why, _status(check.done, "to burn")
-        )
+    for index, (check, step) in enumerate(zip(checks, steps, strict=True), 1):
+        table.add_row(str(index), step, check.step.why, _status(check.done, "to burn"))
     console.print(table)
