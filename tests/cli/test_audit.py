@@ -43,6 +43,21 @@ def test_clean_dump_passes(tmp_path: Path) -> None:
         result.output)
 
 
+def test_flash_audit_without_workspace_says_fleet_secrets_were_not_searched(
+    tmp_path: Path,
+) -> None:
+    """A PASS without --workspace never searched for the fleet's keys: say so, even when
+    the workspace was given as `espfleet -w` or $ESPFLEET_WORKSPACE (not used here)."""
+    dump = tmp_path / "dump.bin"
+    clean_dump(dump)
+    result = run("flash", str(dump))
+    assert result.exit_code == 0, result.output
+    assert "note: the fleet's own secrets" in result.output
+    assert "add --workspace DIR" in result.output
+    out = json.loads(run("flash", str(dump), "--json").output)
+    assert any("were not searched" in note for note in out["notes"])
+
+
 def test_flash_json_lists_findings_and_entropy(tmp_path: Path) -> None:
     dump = tmp_path / "dump.bin"
     data = clean_dump(dump)
@@ -122,6 +137,7 @@ def test_workspace_secrets_found_by_exact_bytes(
             "plaintext (raw)") in known
     assert any(o == 0x2000 and f"NVS keys of {DEVICE}" in m and "(hex)" in m for o, m in known)
     assert any(o == 0x3001 and f"recovery secret of {OTHER}" in m for o, m in known)
+    assert not any("were not searched" in n for n in json.loads(result.output)["notes"])
 
     only_other = run("flash", str(dump), "--workspace", str(fleet_workspace), "--device", OTHER,
                      "--json")

@@ -41,6 +41,12 @@ _chip_choice = click.Choice(list(chip_names()))
 _HUMAN_LIMIT = 200
 
 
+_UNSEARCHED = (
+    "the fleet's own secrets (device keys, NVS and flash-encryption keys, recovery secrets) "
+    "were not searched: add --workspace DIR (a subcommand option, not espfleet -w)"
+)
+
+
 @click.group(name="audit")
 def audit() -> None:
     """Audit a flash read-out or a chip's eFuses (exit 1 on findings >= --fail-on)."""
@@ -111,16 +117,18 @@ def flash(dump: Path, chip: str | None, workspace_dir: Path | None, devices: tup
         raise InputError("--device needs --workspace: it selects that workspace's devices")
     report = scan_flash(data, chip=chip_facts(chip) if chip else None, known_secrets=known)
     failing = report.failing(threshold)
+    notes = report.notes if workspace_dir is not None else (*report.notes, _UNSEARCHED)
     if as_json:
-        echo_json({**report.to_json(), "dump": str(dump), "fail_on": threshold.label,
-                   "passed": not failing, "skipped_devices": list(skipped)})
+        echo_json({**report.to_json(), "notes": list(notes), "dump": str(dump),
+                   "fail_on": threshold.label, "passed": not failing,
+                   "skipped_devices": list(skipped)})
         _gate(failing)
         return
     size = f"{len(data) / 1048576:.2f} MB" if len(data) >= 1048576 else f"{len(data)} bytes"
     click.echo(f"flash audit of {dump} ({size}"
                + (f", {chip}" if chip else "")
                + (f", {len(known)} workspace secrets searched" if workspace_dir else "") + ")")
-    for note in (*report.notes, *skipped):
+    for note in (*notes, *skipped):
         click.echo(f"note: {note}")
     for f in report.findings[:_HUMAN_LIMIT]:
         click.echo(f"{_severity(f.severity)} 0x{f.offset:08x} +{f.length:<6} {f.kind}: "
