@@ -143,10 +143,8 @@ def test_declined_confirmation_burns_nothing(
     assert vchip.efuse_bytes() == efuses
 
 
-def test_destroy_policy_wipes_key_after_verified_flash(
-    fleet_workspace: Path, chip: tuple[VirtualChip, str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    make_bundle(fleet_workspace, mode="development", policy="destroy")
+def _use_destroy_policy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The workspace's key policy reads ``destroy`` (the template workspace escrows)."""
     real_open = Workspace.open
 
     def open_destroy(path: Path) -> Workspace:
@@ -155,6 +153,13 @@ def test_destroy_policy_wipes_key_after_verified_flash(
         return workspace
 
     monkeypatch.setattr(Workspace, "open", open_destroy)
+
+
+def test_destroy_policy_wipes_key_after_verified_flash(
+    fleet_workspace: Path, chip: tuple[VirtualChip, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    make_bundle(fleet_workspace, mode="development", policy="destroy")
+    _use_destroy_policy(monkeypatch)
     result = run(DEVICE, "--port", chip[1], "--yes")
     assert result.exit_code == 0, result.output
     assert "destroyed" in result.output
@@ -164,6 +169,23 @@ def test_destroy_policy_wipes_key_after_verified_flash(
     again = run(DEVICE, "--port", chip[1], "--yes")
     assert again.exit_code == 0, again.output
     assert "already flashed" in again.output
+
+
+def test_rerun_on_flashed_development_device_is_not_a_resume_and_destroys_nothing_new(
+    fleet_workspace: Path, chip: tuple[VirtualChip, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second `flash` of a finished device said "(resuming an earlier run)" and
+    "Flash-encryption key destroyed" again, as if the first run had not completed."""
+    make_bundle(fleet_workspace, mode="development", policy="destroy")
+    _use_destroy_policy(monkeypatch)
+    first = run(DEVICE, "--port", chip[1], "--yes")
+    assert first.exit_code == 0, first.output
+    assert "Flash-encryption key destroyed" in first.output
+    again = run(DEVICE, "--port", chip[1], "--yes")
+    assert again.exit_code == 0, again.output
+    assert "already flashed" in again.output
+    assert "resuming" not in again.output
+    assert "destroyed" not in again.output
 
 
 def test_another_device_on_port_refused_exit_1(

@@ -145,7 +145,9 @@ def _flash(
     _record(workspace, bundle)
     journal.mark("registry:flashed")
     destroyed = workspace.config.key_policy == "destroy"
-    if destroyed:
+    # A re-run of a flashed device destroyed nothing new: say so only the first time.
+    destroyed_now = destroyed and "key_destroyed" not in journal.completed
+    if destroyed_now:
         keys.destroy()
         journal.mark("key_destroyed")
     if as_json:
@@ -165,7 +167,7 @@ def _flash(
         f"{len(result.images_written)} image(s) written, {len(result.images_verified)} "
         f"verified, {len(result.locks_burned)} lock(s)."
     )
-    if destroyed:
+    if destroyed_now:
         console.print("Flash-encryption key destroyed (key policy: destroy).")
 
 
@@ -213,7 +215,7 @@ def _render(inspection: Inspection) -> None:
     console.print(
         f"[bold]{data['device_id']}[/] on {data['port']}: {data['chip']} {data['revision']}, "
         f"MAC {data['mac']}, {data['flash_size'] or 'unknown'} flash, {data['mode']} mode"
-        + (" (resuming an earlier run)" if data["resuming"] else "")
+        + (" (resuming an earlier run)" if data["resuming"] and not inspection.complete else "")
     )
     _render_steps(inspection, "pre_flash", "eFuses before the images")
     images = Table(title="Images (pre-encrypted, written as is)", title_justify="left")
