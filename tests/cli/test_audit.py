@@ -8,6 +8,7 @@ import random
 from collections.abc import Callable
 from pathlib import Path
 
+import click
 import pytest
 from click.testing import CliRunner, Result
 
@@ -296,3 +297,12 @@ def test_human_output_is_capped_json_is_not(tmp_path: Path) -> None:
     human = run("flash", str(dump))
     assert "... and 50 more findings: use --json for all of them" in human.output
     assert len(json.loads(run("flash", str(dump), "--json").output)["findings"]) == 250
+
+
+@pytest.mark.parametrize("command", ["flash", "efuse"])
+def test_every_option_has_help(command: str) -> None:
+    from espfleet.cli.audit_cmd import audit
+
+    sub = audit.commands[command]
+    bare = [p.name for p in sub.params if isinstance(p, click.Option) and not p.help]
+    assert bare == [], f"audit {command}: options without help text: {bare}"

@@ -35,7 +35,7 @@ _fail_on = click.option(
     show_default=True,
     help="Exit 1 when a finding at or above this severity exists.",
 )
-_json = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+_json = click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 _chip_choice = click.Choice(list(chip_names()))
 #: Human output lists this many flash findings (ordered by offset); --json has all.
 _HUMAN_LIMIT = 200
@@ -151,7 +151,8 @@ def flash(dump: Path, chip: str | None, workspace_dir: Path | None, devices: tup
 @click.argument("efuse_file", required=False, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--port", default=None,
               help="Read the eFuses of a connected chip (serial, rfc2217://, socket://).")
-@click.option("--chip", type=_chip_choice, required=True)
+@click.option("--chip", type=_chip_choice, required=True,
+              help="Chip of the eFuse file or of the chip on --port.")
 @click.option("--mode", type=click.Choice(["release", "development"]), default="release",
               show_default=True, help="The posture the chip must have.")
 @click.option("--workspace", "workspace_dir", type=click.Path(file_okay=False, path_type=Path),
