@@ -244,6 +244,12 @@ def _bad_case(name: str, fleet_workspace: Path, fw: dict[str, Path],
     if name == "malformed_mac_line":
         macs = write("bad.csv", b"# lot 1\n24:a1:60:0a:1b:2c\n24:a1:60:0a:1b\n")
         return ["--macs", macs, *_firmware_args(fw)], "bad.csv line 3: .* is not a MAC"
+    if name == "wifi_ssid_longer_than_32_bytes":
+        return [*one, *_firmware_args(fw), "--wifi-ssid", "s" * 33], \
+            r"--wifi-ssid / \$ESPFLEET_WIFI_PASSWORD: .* an SSID has at most 32"
+    if name == "wifi_password_longer_than_wpa_allows_in_list":
+        macs = write("wifi.csv", b"mac,ssid,password\n24:a1:60:0a:1b:2c,lab," + b"p" * 64)
+        return ["--macs", macs, *_firmware_args(fw)], "wifi.csv line 2: .* at most 63"
     if name == "two_device_selectors":
         return [*one, "--count", "2", *_firmware_args(fw)], "exactly one of"
     raise AssertionError(name)
@@ -256,6 +262,7 @@ BAD_CASES = [
     "app_for_another_chip", "app_larger_than_its_slot", "table_without_otadata",
     "table_without_nvs_keys", "table_with_nvs_flagged_encrypted", "duplicate_mac_in_list",
     "duplicate_device_id", "malformed_mac_line", "two_device_selectors",
+    "wifi_ssid_longer_than_32_bytes", "wifi_password_longer_than_wpa_allows_in_list",
 ]
 
 

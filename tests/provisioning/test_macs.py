@@ -88,3 +88,37 @@ def test_allocated_interface_ranges_never_overlap_used_ones(used: list[bytes], c
 def test_mac_list_round_trip(macs: list[bytes]) -> None:
     text = "\n".join(":".join(f"{x:02x}" for x in m) for m in macs)
     assert [e.mac for e in parse_mac_list(text)] == macs
+
+
+def test_spreadsheet_export_with_bom_crlf_and_semicolons() -> None:
+    """Excel's "CSV UTF-8" starts with a byte-order mark (the header read as '\\ufeffmac'
+    and line 1 was refused as a MAC); many locales separate with ';'."""
+    bom = parse_mac_list("\ufeffmac,wifi_ssid,wifi_pass\r\n24:a1:60:0a:1b:2c,lab,pa;ss\r\n")
+    assert bom[0].mac.hex() == "24a1600a1b2c"
+    assert (bom[0].line, bom[0].wifi_ssid, bom[0].wifi_pass) == (2, "lab", "pa;ss")
+    semi = parse_mac_list("\ufeffMAC;SSID;Password\n24:a1:60:0a:1b:2c;lab;pa,ss\n24a1600a1b30\n")
+    assert [e.mac.hex() for e in semi] == ["24a1600a1b2c", "24a1600a1b30"]
+    assert (semi[0].wifi_ssid, semi[0].wifi_pass) == ("lab", "pa,ss")
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("24:a1:60:0a:1b:2c," + "s" * 33, "is 33 bytes; an SSID has at most 32"),
+        ("24:a1:60:0a:1b:2c,caf\u00e9" + "x" * 28, "is 33 bytes; an SSID has at most 32"),
+        ("24:a1:60:0a:1b:2c,lab," + "p" * 64, "at most 63 characters"),
+        ("24:a1:60:0a:1b:2c,lab," + "p" * 65, "is 65 bytes"),
+    ],
+)
+def test_wifi_credentials_a_device_cannot_use_are_refused_with_the_line(
+    line: str, message: str
+) -> None:
+    with pytest.raises(InputError, match=f"macs.csv line 2: .*{message}"):
+        parse_mac_list("24a1600a1b30\n" + line + "\n", source="macs.csv")
+
+
+def test_wifi_limits_are_inclusive() -> None:
+    entries = parse_mac_list(
+        "24:a1:60:0a:1b:2c," + "s" * 32 + "," + "p" * 63 + "\n24a1600a1b30,lab," + "ab" * 32
+    )
+    assert len(entries[0].wifi_ssid or "") == 32 and len(entries[1].wifi_pass or "") == 64

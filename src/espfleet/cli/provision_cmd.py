@@ -15,7 +15,7 @@ from espfleet.cli._output import echo_json, err_console
 from espfleet.errors import InputError, ProvisioningError
 from espfleet.provisioning.batch import BatchReport, DeviceResult, batch_lock, run_batch
 from espfleet.provisioning.inputs import load_firmware
-from espfleet.provisioning.macs import MacEntry, parse_mac_list
+from espfleet.provisioning.macs import MacEntry, check_wifi, parse_mac_list
 from espfleet.provisioning.plan import FleetPolicy
 from espfleet.provisioning.prepare import (
     Allocation,
@@ -102,6 +102,10 @@ def provision(
     wifi_pass = os.environ.get(WIFI_PASS_ENV)
     if wifi_pass is not None and wifi_ssid is None:
         raise InputError(f"${WIFI_PASS_ENV} is set but --wifi-ssid is not")
+    try:
+        check_wifi(wifi_ssid, wifi_pass)
+    except InputError as error:
+        raise InputError(f"--wifi-ssid / ${WIFI_PASS_ENV}: {error}") from None
     source = load_firmware(firmware, bootloader=bootloader)
     passphrase = get_passphrase(purpose="the fleet's keys")
     signing_key = workspace.signing_key(passphrase)

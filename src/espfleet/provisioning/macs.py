@@ -3,7 +3,10 @@
 A MAC list is CSV text: one base MAC per line (``24:a1:60:0a:1b:2c``, ``24-a1-..`` or 12
 hex digits), optionally followed by a Wi-Fi SSID and password. A header line
 (``mac,wifi_ssid,wifi_pass``) is optional; blank lines and ``#`` comments are skipped.
-Every problem names its line.
+A spreadsheet's export is read as is: a UTF-8 byte-order mark is ignored, and a file
+whose first line separates with ``;`` and not ``,`` (Excel in many locales) is read
+with ``;``. Wi-Fi credentials must fit ESP-IDF's ``wifi_config_t`` (SSID at most 32
+bytes, password at most 64; 64 characters are a hex PSK). Every problem names its line.
 
 Allocated MACs are locally administered unicast addresses (first octet ``0x02``) in
 espfleet's own range, spaced four apart: an ESP32 derives its Wi-Fi AP, Bluetooth and
@@ -25,6 +28,7 @@ __all__ = [
     "MAC_STRIDE",
     "MacEntry",
     "allocate_macs",
+    "check_wifi",
     "is_locally_administered",
     "parse_mac_list",
 ]
@@ -33,6 +37,9 @@ __all__ = [
 LOCAL_PREFIX = bytes([0x02, 0xE5, 0xF1])
 #: Base MACs are 4 apart: each chip uses base+0..3 for its interfaces.
 MAC_STRIDE = 4
+#: ESP-IDF's wifi_config_t: ssid[32], password[64] (64 = a raw hex PSK).
+WIFI_SSID_MAX = 32
+WIFI_PASS_MAX = 64
 _COLUMNS = {"mac": "mac", "wifi_ssid": "wifi_ssid", "ssid": "wifi_ssid",
             "wifi_pass": "wifi_pass", "wifi_password": "wifi_pass", "password": "wifi_pass"}
 
@@ -55,16 +62,46 @@ def is_locally_administered(mac: bytes) -> bool:
     return bool(mac[0] & 0x02)
 
 
+def check_wifi(ssid: str | None, password: str | None) -> None:
+    """Refuse Wi-Fi credentials a device could never use (:class:`InputError`)."""
+    if password is not None and ssid is None:
+        raise InputError("a Wi-Fi password without an SSID")
+    if ssid is not None and len(ssid.encode()) > WIFI_SSID_MAX:
+        raise InputError(
+            f"Wi-Fi SSID {ssid!r} is {len(ssid.encode())} bytes; an SSID has at most "
+            f"{WIFI_SSID_MAX} (the device would truncate it and never find the network)"
+        )
+    if password is None:
+        return
+    size = len(password.encode())
+    if size > WIFI_PASS_MAX or (size == WIFI_PASS_MAX and not _is_hex(password)):
+        raise InputError(
+            f"the Wi-Fi password for {ssid!r} is {size} bytes; a WPA passphrase has at "
+            f"most {WIFI_PASS_MAX - 1} characters ({WIFI_PASS_MAX} only as a hex PSK)"
+        )
+
+
+def _is_hex(text: str) -> bool:
+    try:
+        bytes.fromhex(text)
+    except ValueError:
+        return False
+    return True
+
+
 def parse_mac_list(text: str, *, source: str = "MAC list") -> tuple[MacEntry, ...]:
     """Parse a MAC list; raises :class:`InputError` naming ``source`` and the line."""
     entries: list[MacEntry] = []
     seen: dict[bytes, int] = {}
     columns: list[str] | None = None
-    for number, raw in enumerate(text.splitlines(), start=1):
+    delimiter: str | None = None
+    for number, raw in enumerate(text.removeprefix("\ufeff").splitlines(), start=1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
-        fields = [f.strip() for f in next(csv.reader(io.StringIO(line)))]
+        if delimiter is None:
+            delimiter = ";" if ";" in line and "," not in line else ","
+        fields = [f.strip() for f in next(csv.reader(io.StringIO(line), delimiter=delimiter))]
         if columns is None and not entries and {"mac", "base_mac"} & {f.lower() for f in fields}:
             columns = _header(fields, source, number)
             continue
@@ -92,8 +129,10 @@ def parse_mac_list(text: str, *, source: str = "MAC list") -> tuple[MacEntry, ..
         seen[mac] = number
         ssid = row.get("wifi_ssid") or None
         password = row.get("wifi_pass") or None
-        if password is not None and ssid is None:
-            raise InputError(f"{source} line {number}: a Wi-Fi password without an SSID")
+        try:
+            check_wifi(ssid, password)
+        except InputError as error:
+            raise InputError(f"{source} line {number}: {error}") from None
         entries.append(MacEntry(number, mac, ssid, password))
     if not entries:
         raise InputError(f"{source} lists no MAC address: one base MAC per line")
