@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import re
+
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -48,6 +50,21 @@ def test_csr_for_another_device_is_refused(authority: CertificateAuthority) -> N
     csr = load_csr(make_csr("esp32-000000000001"))
     with pytest.raises(InputError, match="only request a certificate for its own id"):
         authority.issue_device_cert(DEVICE, csr=csr)
+
+
+@pytest.mark.parametrize(
+    ("names", "message"),
+    [([], "has no common name"),
+     ([DEVICE, "esp32-000000000001"], "has 2 common names ('esp32-24a1600a1b2c', "
+      "'esp32-000000000001')")],
+)
+def test_csr_without_exactly_one_common_name_says_so(names: list[str], message: str) -> None:
+    """Not "common name is None": a CSR with a second CN smuggled in, or none, is named."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, n) for n in names])
+    csr = x509.CertificateSigningRequestBuilder().subject_name(subject).sign(key, hashes.SHA256())
+    with pytest.raises(InputError, match=re.escape(message) + ".*-subj /CN=esp32-24a1600a1b2c"):
+        check_csr(csr, DEVICE)
 
 
 def test_csr_with_broken_signature_is_refused() -> None:

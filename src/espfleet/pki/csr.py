@@ -30,12 +30,20 @@ def load_csr(data: bytes, *, name: str = "the CSR") -> x509.CertificateSigningRe
         ) from None
 
 
-def _common_name(csr: x509.CertificateSigningRequest) -> str | None:
-    names = csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+def _common_name(csr: x509.CertificateSigningRequest, device_id: str) -> str:
+    """The CSR's one CN; none or several is refused with what to put in ``-subj``."""
+    names = [
+        value if isinstance(value, str) else value.decode("utf-8", "replace")
+        for value in (a.value for a in csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME))
+    ]
     if len(names) != 1:
-        return None
-    value = names[0].value
-    return value if isinstance(value, str) else value.decode("utf-8", "replace")
+        found = f"{len(names)} common names ({', '.join(map(repr, names))})" if names else (
+            "no common name")
+        raise InputError(
+            f"the CSR for {device_id} has {found}: a device certificate has exactly one, "
+            f"its id; make the CSR with -subj /CN={device_id}"
+        )
+    return names[0]
 
 
 def check_csr(csr: x509.CertificateSigningRequest, device_id: str) -> PublicKey:
@@ -45,7 +53,7 @@ def check_csr(csr: x509.CertificateSigningRequest, device_id: str) -> PublicKey:
             f"the CSR for {device_id} has a broken signature: it was altered after it was "
             "signed, or not signed with the key it carries; generate a new CSR"
         )
-    common_name = _common_name(csr)
+    common_name = _common_name(csr, device_id)
     if common_name != device_id:
         raise InputError(
             f"the CSR's common name is {common_name!r}, not {device_id!r}: a device may only "
