@@ -121,6 +121,33 @@ def test_rolled_back_crl_is_not_published(fleet_workspace: Path, tmp_path: Path)
     assert CliRunner().invoke(main, ["ca", "crl"]).exit_code == 0
 
 
+@pytest.mark.parametrize("damage", [b"garbage", None])
+def test_damaged_crl_error_gives_advice_that_works(
+    fleet_workspace: Path, damage: bytes | None
+) -> None:
+    """The error once said "regenerate it with `espfleet ca crl`", which fails the same
+    way: it must say to restore the file, and then --refresh brings it up to date."""
+    crl_path = fleet_workspace / "pki/crl.pem"
+    backup = crl_path.read_bytes()
+    issued = CliRunner().invoke(main, ["cert", "issue", "esp32-24a1600a1b2c", "--json"])
+    assert CliRunner().invoke(main, ["cert", "revoke", "esp32-24a1600a1b2c"]).exit_code == 0
+    if damage is None:
+        crl_path.unlink()
+    else:
+        crl_path.write_bytes(damage)
+    for args in (["ca", "crl"], ["ca", "crl", "--refresh"], ["cert", "list"]):
+        refused = CliRunner().invoke(main, args)
+        assert refused.exit_code == 1, refused.output
+        assert refused.output.count("pki/crl.pem") >= 1 and "Traceback" not in refused.output
+        assert "restore" in refused.output and "regenerate it with" not in refused.output
+        assert not refused.output.startswith("error: pki/crl.pem: pki/crl.pem")
+    crl_path.write_bytes(backup)  # as the message says, then --refresh
+    fixed = CliRunner().invoke(main, ["ca", "crl", "--refresh", "--json"])
+    assert fixed.exit_code == 0, fixed.output
+    serial = json.loads(issued.output)["serial"]
+    assert [r["serial"] for r in json.loads(fixed.output)["revoked"]] == [serial]
+
+
 def test_tampered_registry_cannot_unrevoke_through_a_crl_refresh(fleet_workspace: Path) -> None:
     """registry.db changes with every operation, so the manifest cannot sign it: a row
     edited back to "active" must not drop the serial from the next CRL."""

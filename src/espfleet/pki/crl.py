@@ -89,11 +89,19 @@ def build_crl(
     return crl.public_bytes(serialization.Encoding.PEM)
 
 
+#: A CRL is re-signed only from a valid one (it never drops a serial): no command can
+#: rebuild it, but the copy in version control or a backup can be brought back.
+_RESTORE = (
+    "restore pki/crl.pem from version control or a backup, then run `espfleet ca crl "
+    "--refresh` to add the registry's later revocations"
+)
+
+
 def load_crl(data: bytes, *, name: str = "CRL") -> x509.CertificateRevocationList:
     try:
         return x509.load_pem_x509_crl(data)
     except ValueError:
-        raise PkiError(f"{name} is not a PEM CRL: regenerate it with `espfleet ca crl`") from None
+        raise PkiError(f"{name} is not a PEM CRL: {_RESTORE}") from None
 
 
 def verify_crl(crl: x509.CertificateRevocationList, issuer_cert: x509.Certificate) -> None:
@@ -101,8 +109,8 @@ def verify_crl(crl: x509.CertificateRevocationList, issuer_cert: x509.Certificat
     public_key = issuer_cert.public_key()
     if crl.issuer != issuer_cert.subject or not crl.is_signature_valid(public_key):  # type: ignore[arg-type]
         raise PkiError(
-            "the CRL is not signed by the issuing CA: it was replaced or tampered with; "
-            "regenerate it with `espfleet ca crl`"
+            f"the CRL is not signed by the issuing CA: it was replaced or tampered with; "
+            f"{_RESTORE}"
         )
 
 

@@ -187,8 +187,9 @@ class Workspace:
         _check_issued_by(issuing, root_cert)
         verify_manifest(root, SIGNED_FILES, issuing)
         config = parse_fleet_toml(read_bytes(root / FLEET_TOML, name=FLEET_TOML))
+        crl = load_crl(read_bytes(root / CRL, name=CRL), name=CRL)
         try:
-            verify_crl(load_crl(read_bytes(root / CRL, name=CRL), name=CRL), issuing)
+            verify_crl(crl, issuing)
         except PkiError as error:
             raise WorkspaceError(f"{CRL}: {error}") from None
         workspace = cls(root, config)
