@@ -92,7 +92,8 @@ def test_count_never_builds_for_a_board_registered_by_cert_issue(
     assert device["device_id"].startswith("esp32-02e5f1")
     with _registry(fleet_workspace) as registry:
         cert = registry.active_certificate("esp32-24a1600a1b2c")
-        assert cert is not None and cert.serial == json.loads(issued.output)["serial"]  # not superseded
+        # not superseded
+        assert cert is not None and cert.serial == json.loads(issued.output)["serial"]
 
 
 def test_rerun_skips_done_devices_and_changes_nothing(
@@ -385,6 +386,36 @@ def test_ctrl_c_mid_batch_leaves_only_recorded_devices(
     assert len(provisioned) == 1
     assert {p.name for p in ws.bundles_dir.iterdir()} == provisioned
     assert {p.stem for p in ws.vault_dir.glob("*.sealed")} == provisioned
+
+
+
+def test_ctrl_c_mid_count_batch_names_the_count_that_finishes_it(
+    fleet_workspace: Path, fw: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Re-running `--count 4` after a Ctrl-C built the 3 unfinished devices AND allocated
+    1 more (the fleet grew by a device nobody asked for) while printing '4 built'; the
+    interruption now names `--count 3`, which finishes the batch and nothing more."""
+    real = batch_module._record
+    calls = {"n": 0}
+
+    def interrupted_on_second(*args: Any, **kwargs: Any) -> None:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        real(*args, **kwargs)
+
+    monkeypatch.setattr(batch_module, "_record", interrupted_on_second)
+    result = _provision("--count", 4, *_firmware_args(fw), "--jobs", 1)
+    assert result.exit_code == 1, result.output
+    assert "interrupted (Ctrl-C)" in result.output
+    assert "3 allocated MAC(s) have no bundle yet: `espfleet provision --count 3`" in result.output
+    monkeypatch.setattr(batch_module, "_record", real)
+    again = _provision("--count", 3, *_firmware_args(fw), "--jobs", 1)
+    assert again.exit_code == 0, again.output
+    assert "3 built (3 of them allocated by an interrupted run)" in again.output
+    with _registry(fleet_workspace) as registry:
+        records = registry.list_devices()
+    assert len(records) == 4 and {r.status for r in records} == {"provisioned"}
 
 
 def test_flashed_device_is_never_rebuilt(

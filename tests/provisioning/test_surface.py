@@ -17,7 +17,7 @@ SURFACE = {
                    "SOURCE_FLASH_ENCRYPTION_KEY", "SOURCE_SECURE_BOOT_DIGEST"},
     "identity": {"DeviceIdentity", "NVS_NAMESPACE", "NvsKey", "REQUIRED_KEYS",
                  "hash_recovery_secret", "new_recovery_secret", "verify_recovery_secret"},
-    "macs": {"LOCAL_PREFIX", "MAC_STRIDE", "MacEntry", "allocate_macs",
+    "macs": {"LOCAL_PREFIX", "MAC_STRIDE", "MacEntry", "allocate_macs", "check_wifi",
              "is_locally_administered", "parse_mac_list"},
     "plan": {"DeviceKeys", "DevicePlan", "DeviceRequest", "FleetPolicy", "plan_device"},
     "batch": {"BatchReport", "DeviceResult", "batch_lock", "bundle_sha256", "clean_leftovers",
@@ -25,7 +25,8 @@ SURFACE = {
     "inputs": {"CheckedFirmware", "FirmwareSource", "ImageFacts", "check_firmware",
                "image_facts", "load_firmware", "parse_flash_size"},
     "prepare": {"Allocation", "RETIRED_STATUSES", "build_policy", "is_signed",
-                "record_allocation", "requests_for", "sign_or_verify"},
+                "record_allocation", "requests_for", "sign_or_verify",
+                "unfinished_allocations"},
     "demo_firmware": {"DemoFirmware", "demo_firmware", "with_min_revision"},
     "locks": {"directory_lock"},
 }

@@ -22,6 +22,7 @@ from espfleet.provisioning.prepare import (
     build_policy,
     record_allocation,
     requests_for,
+    unfinished_allocations,
 )
 from espfleet.workspace import Workspace
 from espfleet.workspace.authority import IssuingAuthority
@@ -127,10 +128,13 @@ def provision(
             )
             if allocation.new_macs:
                 record_allocation(registry, chip, mode, allocation.new_macs)
-            report = _run(
-                allocation, policy, authority, registry, workspace, passphrase, jobs,
-                quiet=as_json,
-            )
+            try:
+                report = _run(
+                    allocation, policy, authority, registry, workspace, passphrase, jobs,
+                    quiet=as_json,
+                )
+            except KeyboardInterrupt:
+                raise ProvisioningError(_interrupted(registry, chip, count)) from None
     finally:
         registry.close()
         authority.close()
@@ -138,8 +142,12 @@ def provision(
         echo_json({**report.to_json(), "chip": chip, "mode": mode,
                    "bundles": str(workspace.bundles_dir)})
     else:
+        resumed = (
+            f" ({allocation.resumed} of them allocated by an interrupted run)"
+            if allocation.resumed else ""
+        )
         click.echo(
-            f"{report.count('built')} built, {report.count('skipped')} already done, "
+            f"{report.count('built')} built{resumed}, {report.count('skipped')} already done, "
             f"{report.count('failed')} failed in {report.seconds:.1f} s "
             f"({chip_facts(chip).description}, {mode}); bundles in {workspace.bundles_dir}"
         )
@@ -151,6 +159,21 @@ def provision(
             f"{report.count('failed')} device(s) failed (see above); fix the cause and run "
             "the same command again: finished devices are skipped"
         )
+
+
+def _interrupted(registry: Registry, chip: str, count: int | None) -> str:
+    """What a Ctrl-C left, and the command that finishes the batch and nothing more."""
+    done = "interrupted (Ctrl-C): every device built so far is kept, none half-built"
+    if count is None:
+        return f"{done}; run the same command again: finished devices are skipped"
+    left = len(unfinished_allocations(registry.list_devices(), chip))
+    if not left:
+        return f"{done}; every allocated MAC has its bundle"
+    return (
+        f"{done}; {left} allocated MAC(s) have no bundle yet: `espfleet provision --count "
+        f"{left}` with the same firmware options builds exactly those (--count {count} "
+        f"again would build them and allocate {max(count - left, 0)} new device(s))"
+    )
 
 
 def _run(

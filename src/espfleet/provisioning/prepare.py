@@ -37,6 +37,7 @@ __all__ = [
     "record_allocation",
     "requests_for",
     "sign_or_verify",
+    "unfinished_allocations",
 ]
 
 
@@ -169,13 +170,7 @@ def requests_for(
         if registry is None:
             raise InputError("--count needs the registry to allocate MACs")
         records = registry.list_devices()
-        # only MACs of espfleet's own range: `cert issue` registers a board's real MAC
-        # as "allocated" too, and --count must never build a bundle for that board
-        unfinished = [
-            r for r in records
-            if r.status == "allocated" and r.chip == chip and r.mac and not r.bundle_sha256
-            and bytes.fromhex(r.mac)[:3] == LOCAL_PREFIX
-        ][:count]
+        unfinished = unfinished_allocations(records, chip)[:count]
         resumed = len(unfinished)
         for record in unfinished:
             requests.append(DeviceRequest(chip, bytes.fromhex(record.mac), wifi_ssid, wifi_pass))
@@ -194,6 +189,18 @@ def requests_for(
     if registry is not None:
         _refuse_mac_conflicts(registry, requests)
     return Allocation(tuple(requests), tuple(new), resumed)
+
+
+def unfinished_allocations(records: Sequence[Any], chip: str) -> list[Any]:
+    """Registry records of MACs ``--count`` allocated whose bundle was never built (an
+    interrupted run): the next ``--count`` builds these before allocating new ones."""
+    # only MACs of espfleet's own range: `cert issue` registers a board's real MAC
+    # as "allocated" too, and --count must never build a bundle for that board
+    return [
+        r for r in records
+        if r.status == "allocated" and r.chip == chip and r.mac and not r.bundle_sha256
+        and bytes.fromhex(r.mac)[:3] == LOCAL_PREFIX
+    ]
 
 
 def _refuse_mac_conflicts(registry: Any, requests: Sequence[DeviceRequest]) -> None:
