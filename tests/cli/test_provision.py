@@ -365,10 +365,9 @@ def test_crash_after_rename_before_registry_rebuilds_the_orphan_bundle(
         assert registry.get_device("esp32-24a1600a1b2c").status == "provisioned"
 
 
-def test_ctrl_c_mid_batch_leaves_only_recorded_devices(
-    fleet_workspace: Path, fw: dict[str, Path], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    real = batch_module._record
+def _interrupt_on_second_record(monkeypatch: pytest.MonkeyPatch) -> Callable[..., None]:
+    """Ctrl-C while the batch records its second device; returns the real recorder."""
+    real: Callable[..., None] = batch_module._record
     calls = {"n": 0}
 
     def interrupted_on_second(*args: Any, **kwargs: Any) -> None:
@@ -378,6 +377,13 @@ def test_ctrl_c_mid_batch_leaves_only_recorded_devices(
         real(*args, **kwargs)
 
     monkeypatch.setattr(batch_module, "_record", interrupted_on_second)
+    return real
+
+
+def test_ctrl_c_mid_batch_leaves_only_recorded_devices(
+    fleet_workspace: Path, fw: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _interrupt_on_second_record(monkeypatch)
     result = _provision("--count", 4, *_firmware_args(fw), "--jobs", 2)
     assert result.exit_code != 0
     ws = Workspace.open(fleet_workspace)
@@ -395,16 +401,7 @@ def test_ctrl_c_mid_count_batch_names_the_count_that_finishes_it(
     """Re-running `--count 4` after a Ctrl-C built the 3 unfinished devices AND allocated
     1 more (the fleet grew by a device nobody asked for) while printing '4 built'; the
     interruption now names `--count 3`, which finishes the batch and nothing more."""
-    real = batch_module._record
-    calls = {"n": 0}
-
-    def interrupted_on_second(*args: Any, **kwargs: Any) -> None:
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        real(*args, **kwargs)
-
-    monkeypatch.setattr(batch_module, "_record", interrupted_on_second)
+    real = _interrupt_on_second_record(monkeypatch)
     result = _provision("--count", 4, *_firmware_args(fw), "--jobs", 1)
     assert result.exit_code == 1, result.output
     assert "interrupted (Ctrl-C)" in result.output
