@@ -129,6 +129,19 @@ def test_flash_encrypted_otadata_says_how_to_decrypt_it(tmp_path: Path) -> None:
     assert "--flash-key" not in run(blank, "--as", "otadata").stdout
 
 
+def test_wrong_flash_key_error_points_at_the_key_and_address(tmp_path: Path) -> None:
+    """Decrypted with another device's key, the file is garbage: the error must not only
+    say "still flash-encrypted? decrypt it first" when the user did just that."""
+    keys = NvsKeys(os.urandom(32), os.urandom(32))
+    path = tmp_path / "nvs_keys.bin"
+    path.write_bytes(flash_encryption.encrypt(keys.encode(), os.urandom(32), 0x1C000, "esp32"))
+    (tmp_path / "other.key").write_bytes(os.urandom(32))
+    result = run(path, "--as", "nvs-keys", "--chip", "esp32", "--address", "0x1c000",
+                 "--flash-key", tmp_path / "other.key")
+    assert_one_line_error(result, "CRC32", "decrypted with --flash-key", "wrong key, chip or "
+                          "address", "--address 0x1c000")
+
+
 def test_blank_otadata_boots_factory(tmp_path: Path) -> None:
     path = tmp_path / "ota.bin"
     path.write_bytes(otadata.blank().encode())

@@ -370,7 +370,17 @@ def inspect(
     data = _read(file, "file")
     if flash_key is not None or address is not None:
         data = _decrypt(data, flash_key, address, chip)
-    report = DECODERS[kind](data, _Options(chip, nvs_keys_path, ota_slots))
+    try:
+        report = DECODERS[kind](data, _Options(chip, nvs_keys_path, ota_slots))
+    except FormatError as error:
+        if flash_key is None:
+            raise
+        raise FormatError(
+            f"{error} [decrypted with --flash-key {flash_key} at --address {address}: a wrong "
+            "key, chip or address decrypts to garbage like this; use this device's key and the "
+            "offset FILE is flashed at]",
+            error.offset,
+        ) from None
     if as_json:
         echo_json(report.document)
         return
