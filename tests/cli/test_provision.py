@@ -122,6 +122,26 @@ def test_macs_list_with_wifi_and_development_mode_warns(
     assert all(b"pw-123456" not in data for data in bundle.images.values())
 
 
+
+def test_development_mode_with_platformio_bootloader_says_the_app_is_not_verified(
+    fleet_workspace: Path, fw: dict[str, Path], tmp_path: Path
+) -> None:
+    """Development mode accepts PlatformIO's plain bootloader and burns SECURE_BOOT_EN:
+    the warning listed what the eFuses leave open, not that no app is ever verified."""
+    build = _pio_dir(tmp_path, fw, _GOOD_CSV)
+    (build / "bootloader.bin").write_bytes(app_image.build_bootloader("esp32"))
+    plain = _provision("--device-id", "esp32-24a1600a1b2c", "--firmware", build,
+                       "--mode", "development")
+    assert plain.exit_code == 0, plain.output
+    assert "the bootloader from the PlatformIO build is not a Secure Boot V2" in plain.output
+    assert "does not verify the app" in plain.output
+    secure = _provision("--device-id", "esp32-24a1600a1b30", *_firmware_args(fw),
+                        "--mode", "development")
+    assert secure.exit_code == 0, secure.output
+    assert "JTAG stays enabled" in secure.output
+    assert "does not verify the app" not in secure.output
+
+
 def test_destroy_policy_seals_secrets_into_the_bundle_not_the_vault(
     fleet_workspace: Path, fw: dict[str, Path]
 ) -> None:

@@ -119,6 +119,13 @@ def provision(
         err_console.print(f"[yellow]warning:[/] development mode on {chip} leaves open:")
         for line in policy.efuse_plan.leaves_open():
             err_console.print(f"  - {line}")
+        if not policy.bootloader_verifies_app:
+            err_console.print(
+                f"  - the bootloader from {source.bootloader_origin} is not a Secure Boot V2 "
+                "bootloader: the ROM verifies it, but it does not verify the app (any app "
+                "written to flash runs); pass an ESP-IDF one with --bootloader for the "
+                "whole chain"
+            )
     registry = workspace.registry()
     try:
         with batch_lock(workspace.bundles_dir):

@@ -76,8 +76,15 @@ class FleetPolicy:
     merged: bool = False
     #: Flash-encryption key length in bytes (32; 64 for XTS-AES-256 on S3).
     fe_key_len: int = 32
+    #: False for a plain (Arduino/PlatformIO) bootloader, accepted in development mode
+    #: only: the ROM verifies its signature, but it verifies no app.
+    bootloader_verifies_app: bool = True
 
     def __post_init__(self) -> None:
+        if not self.bootloader_verifies_app and self.mode == "release":
+            raise ProvisioningError(
+                "release mode needs a Secure Boot V2 bootloader that verifies the app"
+            )
         if self.fe_key_len not in chip_facts(self.chip).fe_key_lengths:
             raise ProvisioningError(f"{self.chip} takes no {self.fe_key_len}-byte key")
         if (self.efuse_plan.chip, self.efuse_plan.mode) != (self.chip, self.mode):

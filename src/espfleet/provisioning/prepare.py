@@ -120,6 +120,7 @@ def build_policy(
         ca_chain_pem=workspace.chain_pem().decode(),
         ota_ca_pem=cert_pem(workspace.root_cert).decode(),
         merged=merged,
+        bootloader_verifies_app=checked.secure_bootloader,
     )
 
 
