@@ -53,6 +53,24 @@ def test_create_with_the_bootloaders_partition_table_offset(workspace: Path) -> 
     assert load_vdev(workspace / "vdevs" / "dev2").partition_table_offset == 0x8000
 
 
+
+@pytest.mark.parametrize(
+    ("args", "shown"),
+    [(("--chip", "esp32"), "esp32 v3.0"), (("--chip", "esp32c3"), "esp32c3 v0.4"),
+     (("--chip", "esp32", "--revision", "100"), "esp32 v1.0")],
+)
+def test_create_names_the_revision_it_made(
+    workspace: Path, args: tuple[str, ...], shown: str
+) -> None:
+    """`--revision 100` printed "virtual ESP32 (revision v3.0 or newer for Secure Boot V2)"
+    for a v1.0 chip that `espfleet flash` then refused."""
+    code, out, _ = run(workspace, "create", "dev1", *args)
+    assert code == 0
+    assert f"Created virtual {shown} " in out
+    assert "v3.0 or newer" not in out
+    assert ("below the Secure Boot V2 revision" in out) == ("100" in args)
+
+
 def test_create_outside_a_workspace_fails_clearly(tmp_path: Path) -> None:
     code, _, err = run(tmp_path, "create", "dev1", "--chip", "esp32")
     assert code == 1

@@ -105,9 +105,15 @@ def create(
     if as_json:
         echo_json(info)
     else:
+        # The chip's own revision: the family description ("ESP32 (revision v3.0 or
+        # newer ...)") misdescribed a chip created with --revision 100.
+        shown = f"v{chip.revision // 100}.{chip.revision % 100}"
+        below = chip.revision < chip.facts.sb_v2_min_revision
         console.print(
-            f"Created virtual {chip.facts.description} [bold]{name}[/bold] "
+            f"Created virtual {chip.chip} {shown} [bold]{name}[/bold] "
             f"({info['device_id']}, {flash_size} flash) in {directory}"
+            + (" (below the Secure Boot V2 revision: `espfleet flash` refuses it)"
+               if below else "")
         )
 
 
