@@ -188,6 +188,16 @@ def test_efuse_audit_over_port_of_virtual_esp32(tmp_path: Path) -> None:
     assert json.loads(from_file.output)["findings"] == port_findings
 
 
+def test_efuse_audit_over_port_with_the_wrong_chip_is_bad_input() -> None:
+    chip = VirtualChip.new("esp32", revision=300)
+    with LoaderServer(chip) as server:
+        result = run("efuse", "--port", server.url, "--chip", "esp32s3")
+    assert result.exit_code == 2, result.output
+    assert f"the chip on {server.url} is not an esp32s3" in result.output
+    assert "pass its family as --chip" in result.output
+    assert "download mode" not in result.output and "?." not in result.output
+
+
 def test_efuse_human_output_names_fix_commands(tmp_path: Path) -> None:
     efuse_file = tmp_path / "chip.efuse"
     efuse_file.write_bytes(VirtualChip.new("esp32s3").efuse_bytes())

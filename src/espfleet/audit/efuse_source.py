@@ -83,6 +83,11 @@ def read_efuse_port(
                 if port_obj is not None:
                     port_obj.close()
     except (esptool.FatalError, OSError, FlashError) as error:
+        if "wrong chip argument" in str(error).lower():  # esptool read the chip's magic
+            raise InputError(
+                f"the chip on {port} is not an {facts.name} (esptool: "
+                f"{str(error).rstrip('?. ')}): pass its family as --chip"
+            ) from error
         raise AuditError(
             f"could not read the eFuses of the {facts.name} on {port}: {error}. Check the "
             "port and that the chip is in download mode (`--before no-reset` is used); a "
