@@ -144,6 +144,11 @@ def test_workspace_secrets_found_by_exact_bytes(
                      "--json")
     messages = [f["message"] for f in json.loads(only_other.output)["findings"]]
     assert not any(DEVICE in m for m in messages) and any(OTHER in m for m in messages)
+    # --device-id, as `espfleet provision` names it, selects the same way
+    same = run("flash", str(dump), "--workspace", str(fleet_workspace), "--device-id", OTHER,
+               "--json")
+    assert same.exit_code == only_other.exit_code
+    assert [f["message"] for f in json.loads(same.output)["findings"]] == messages
     assert snapshot(fleet_workspace) == before
 
 

@@ -86,8 +86,9 @@ def _severity(severity: Severity) -> str:
 @click.option("--workspace", "workspace_dir", type=click.Path(file_okay=False, path_type=Path),
               default=None, help="Also search for every secret this fleet workspace knows "
               "(needs the passphrase: $ESPFLEET_PASSPHRASE or a prompt).")
-@click.option("--device", "devices", multiple=True,
-              help="With --workspace: only this device's secrets (repeatable).")
+@click.option("--device-id", "--device", "devices", multiple=True, metavar="ID",
+              help="With --workspace: only this device's secrets (repeatable; the same "
+              "option name as in provision).")
 @_json
 @_fail_on
 def flash(dump: Path, chip: str | None, workspace_dir: Path | None, devices: tuple[str, ...],
