@@ -50,6 +50,9 @@ Stage = Literal["rom", "bootloader", "app"]
 
 IDF_VERSION = "v5.2.2"
 PARTITION_TABLE_SIZE = 0xC00
+_SECTOR = 0x1000
+#: Where a moved partition table is looked for when the expected one is missing (hint).
+_TABLE_SEARCH_END = 0x20000
 #: The ROM loads at most this much bootloader (its IRAM/DRAM are smaller still).
 _ROM_READ_LIMIT = 0x20000
 
@@ -182,17 +185,14 @@ def _load_partition_table(
     con.info("boot", f"chip revision: {rev_text(chip.revision)}")
     con.info(f"boot.{facts.name}", f"SPI Flash Size : {chip.flash.size // (1024 * 1024)}MB")
     offset = chip.partition_table_offset
-    if security.flash_encryption:
-        raw = chip.read_decrypted(offset, PARTITION_TABLE_SIZE)
-    else:
-        raw = chip.flash.read(offset, PARTITION_TABLE_SIZE)
     try:
-        table = partition_table.PartitionTable.decode(raw)
+        table = partition_table.PartitionTable.decode(_read_table(chip, security, offset))
     except FormatError as exc:
         con.error("flash_parts", str(exc))
         con.error("boot", "Failed to verify partition table")
         con.error("boot", "load partition table error!")
-        raise _Stop("bootloader", f"partition table at 0x{offset:x} refused: {exc}") from None
+        raise _Stop("bootloader", f"partition table at 0x{offset:x} refused: {exc}"
+                                  + _table_elsewhere_hint(chip, security)) from None
     con.info("boot", "Partition Table:")
     con.info("boot", "## Label            Type ST Offset   Length")
     for i, part in enumerate(table.entries):
@@ -203,6 +203,32 @@ def _load_partition_table(
         )
     con.info("boot", "End of partition table")
     return table
+
+
+def _read_table(chip: VirtualChip, security: SecurityState, offset: int) -> bytes:
+    if security.flash_encryption:
+        return chip.read_decrypted(offset, PARTITION_TABLE_SIZE)
+    return chip.flash.read(offset, PARTITION_TABLE_SIZE)
+
+
+def _table_elsewhere_hint(chip: VirtualChip, security: SecurityState) -> str:
+    """A rehearsal mistake, not a silicon behaviour: the images were written for a
+    bootloader built with another CONFIG_PARTITION_TABLE_OFFSET than this virtual chip
+    was created with. Name where a table is (the real bootloader never looks there)."""
+    for offset in range(chip.facts.bootloader_offset + _SECTOR, _TABLE_SEARCH_END, _SECTOR):
+        if offset == chip.partition_table_offset:
+            continue
+        try:
+            partition_table.PartitionTable.decode(_read_table(chip, security, offset))
+        except FormatError:
+            continue
+        return (
+            f" (a valid partition table is at 0x{offset:x}: the images were built for a "
+            f"bootloader with CONFIG_PARTITION_TABLE_OFFSET=0x{offset:x}, but this virtual "
+            f"chip was created for 0x{chip.partition_table_offset:x}; rehearse on a chip made "
+            f"with `espfleet vdev create NAME --partition-table-offset 0x{offset:x}`)"
+        )
+    return ""
 
 
 def _select_and_load(

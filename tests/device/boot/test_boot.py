@@ -253,6 +253,9 @@ def test_partition_table_is_read_where_the_bootloader_was_built_to_read_it(
     refused = boot(default)
     assert refused.stage == "bootloader"
     assert "partition table at 0x8000 refused" in (refused.reason or "")
+    # the rehearsal mistake is named, with the chip to create instead
+    assert "a valid partition table is at 0xf000" in (refused.reason or "")
+    assert "--partition-table-offset 0xf000" in (refused.reason or "")
 
 
 def test_boot_is_a_reset_that_latches_the_download_lock(device: Device) -> None:
