@@ -102,6 +102,24 @@ def test_issue_out_of_workspace_writes_a_plain_key_with_a_warning(
     openssl_verify(fleet_workspace, out / "device.pem")
 
 
+def test_out_dir_of_another_device_is_not_overwritten(
+    fleet_workspace: Path, tmp_path: Path
+) -> None:
+    """Outside the workspace the --out directory holds the only copy of a device's key:
+    issuing the next device into the same directory would destroy it."""
+    out = tmp_path / "certs"
+    assert run("cert", "issue", "esp32-aaaaaaaaaaaa", "--out", str(out)).exit_code == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    result = run("cert", "issue", "esp32-bbbbbbbbbbbb", "--out", str(out))
+    assert result.exit_code == 2, result.output
+    assert "already holds the files of esp32-aaaaaaaaaaaa" in result.output
+    assert str(out / "esp32-bbbbbbbbbbbb") in result.output
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert run("cert", "list", "--json").output.count("esp32-bbbbbbbbbbbb") == 0
+    renewed = run("cert", "issue", "esp32-aaaaaaaaaaaa", "--out", str(out), "--renew")
+    assert renewed.exit_code == 0, renewed.output  # its own files: renewal replaces them
+
+
 def test_issue_from_csr(fleet_workspace: Path, tmp_path: Path) -> None:
     info = run_json("cert", "issue", DEVICE, "--csr", str(make_csr(tmp_path, DEVICE)))
     assert "key" not in info["files"] and info["key_encrypted"] is None

@@ -72,6 +72,31 @@ def _undo_on_failure(out_dir: Path, paths: list[Path]) -> Iterator[None]:
         os.close(lock)
 
 
+def _refuse_another_devices_files(out_dir: Path, device_id: str) -> None:
+    """``out_dir`` holding another device's certificate (and maybe its only key copy,
+    outside the workspace) must not be overwritten by this device's files."""
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    path = out_dir / "device.pem"
+    try:
+        data = path.read_bytes()
+    except OSError:  # nothing there (an unwritable --out is reported when writing)
+        return
+    try:
+        names = x509.load_pem_x509_certificate(data).subject.get_attributes_for_oid(
+            NameOID.COMMON_NAME)
+        holder = str(names[0].value) if names else "no device"
+    except ValueError:
+        holder = "not a certificate"
+    if holder != device_id:
+        raise InputError(
+            f"{out_dir} already holds the files of {holder} ({path}, and its key if it was "
+            f"issued here): give {device_id} its own --out directory, e.g. "
+            f"{out_dir / device_id}, or move those files first"
+        )
+
+
 def _read_csr(path: Path, device_id: str) -> Any:
     try:
         data = path.read_bytes()
@@ -127,6 +152,7 @@ def issue(
             f"until {current.not_after:%Y-%m-%d}): pass --renew to replace it"
         )
     out_dir = out if out is not None else workspace.devices_pki_dir / device_id
+    _refuse_another_devices_files(out_dir, device_id)
     encrypt_key = _inside(out_dir, workspace.root)
     passphrase = get_passphrase(purpose="the issuing CA key")
     with workspace.ca(passphrase) as authority:
