@@ -484,6 +484,26 @@ def test_rerun_with_other_settings_rebuilds_an_unflashed_device_never_a_flashed_
     assert snapshot(fleet_workspace) == before
 
 
+
+def test_rerun_with_merged_builds_the_merged_image_it_was_asked_for(
+    fleet_workspace: Path, fw: dict[str, Path]
+) -> None:
+    """`provision --merged` after a run without it said "1 already done" and wrote no
+    merged image; a later run without --merged keeps the one built."""
+    args = ["--device-id", "esp32-24a1600a1b2c", *_firmware_args(fw)]
+    bundle_dir = fleet_workspace / "bundles" / "esp32-24a1600a1b2c"
+    assert _provision(*args).exit_code == 0
+    assert load_bundle(bundle_dir).manifest.merged is None
+    result = _provision(*args, "--merged")
+    assert result.exit_code == 0, result.output
+    assert "1 built, 0 already done" in result.output
+    merged = load_bundle(bundle_dir).manifest.merged
+    assert merged is not None and (bundle_dir / merged.file).is_file()
+    again = _provision(*args)
+    assert "0 built, 1 already done" in again.output, again.output
+    assert load_bundle(bundle_dir).manifest.merged == merged
+
+
 def test_damaged_bundle_whose_flash_began_is_not_rebuilt_over_the_burned_key(
     fleet_workspace: Path, fw: dict[str, Path], snapshot: Snapshot
 ) -> None:

@@ -245,7 +245,7 @@ def done_devices(
 
 def _changed_settings(bundle_dir: Path, policy: FleetPolicy | None) -> list[str]:
     """What of ``policy`` the recorded bundle was not built with (mode, flash size, app
-    name and versions)."""
+    name and versions, a merged image asked for)."""
     if policy is None:
         return []
     try:
@@ -260,7 +260,11 @@ def _changed_settings(bundle_dir: Path, policy: FleetPolicy | None) -> list[str]
              "app version": app(manifest.firmware)}
     wanted = {"mode": policy.mode, "flash size": policy.flash_size,
               "app version": app(policy.firmware)}
-    return [name for name in built if built[name] != wanted[name]]
+    changed = [name for name in built if built[name] != wanted[name]]
+    # --merged asked for on a re-run: the bundle has no merged image to hand over
+    if policy.merged and manifest.merged is None:
+        changed.append("merged image")
+    return changed
 
 
 def _flash_started(bundle_dir: Path, device_id: str) -> bool:
