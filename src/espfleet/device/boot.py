@@ -141,7 +141,7 @@ def _rom_stage(chip: VirtualChip, security: SecurityState, con: BootConsole) -> 
         word = int.from_bytes(data[:4], "little")
         con.rom(text.invalid_header.format(word=word))
         raise _Stop("rom", f"ROM: invalid header 0x{word:08x} at 0x{facts.bootloader_offset:x}"
-                    + _garbage_hint(security))
+                    + _garbage_hint(chip, security))
     try:
         image = app_image.parse(data)
     except FormatError as exc:
@@ -167,7 +167,12 @@ def _rom_stage(chip: VirtualChip, security: SecurityState, con: BootConsole) -> 
     con.rom(text.entry_line)
 
 
-def _garbage_hint(security: SecurityState) -> str:
+def _garbage_hint(chip: VirtualChip, security: SecurityState) -> str:
+    offset = chip.facts.bootloader_offset
+    if chip.flash.read(offset, 16) == b"\xff" * 16:
+        # erased flash read through the decryption is garbage too: say what it is
+        return (" (the flash is erased there: no bootloader was written; flash the bundle, "
+                "or resume an interrupted `espfleet flash`)")
     if security.flash_encryption:
         return (" (flash encryption is on: the bootloader is plaintext or encrypted with "
                 "another key; flash it encrypted with this device's key)")

@@ -125,6 +125,21 @@ def test_erased_flash_does_not_boot() -> None:
     assert "invalid header: 0xffffffff" in result.log
 
 
+
+@pytest.mark.parametrize("chip_name", ["esp32", "esp32c3"])
+def test_erased_flash_under_flash_encryption_says_nothing_was_written(
+    keys: list[PrivateKey], chip_name: str
+) -> None:
+    """eFuses burned, Ctrl-C before the first image: erased flash read through the
+    decryption is garbage, and the reason blamed a plaintext or foreign-key bootloader."""
+    dev = make_device(chip_name, signing_keys=keys[:1])
+    dev.chip.flash.erase_all()
+    result = boot(dev.chip)
+    assert not result.started and result.stage == "rom"
+    assert "the flash is erased there: no bootloader was written" in (result.reason or "")
+    assert "plaintext" not in (result.reason or "")
+
+
 def test_development_mode_chip_boots_and_says_flashes_are_left(keys: list[PrivateKey]) -> None:
     dev = make_device("esp32", signing_keys=keys[:1], release=False)
     result = boot(dev.chip)
