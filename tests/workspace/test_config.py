@@ -111,6 +111,19 @@ def test_dns_name_with_a_trailing_dot_is_stored_without_it() -> None:
     assert config.broker_hosts == ("mqtt.example.com",)
 
 
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [({"crl_days": 99999999999}, "crl_days = 99999999999 is more than 36500 days"),
+     ({"root_ca_days": 10**12, "issuing_ca_days": 10**11}, "root_ca_days = "),
+     ({"crl_days": 1826}, "crl_days must not exceed issuing_ca_days")],
+)
+def test_absurd_lifetime_is_refused(changes: dict[str, int], message: str) -> None:
+    """crl_days = 99999999999 passed `ca reseal`, then `ca crl --refresh` died in an
+    OverflowError traceback."""
+    with pytest.raises(InputError, match=message):
+        Lifetimes(**changes)
+
+
 def test_bad_org_is_refused() -> None:
     for org in ("", "   ", "x" * 65, "evil\nO=root"):
         with pytest.raises(InputError, match=r"\[fleet\] org"):

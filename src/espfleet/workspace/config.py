@@ -34,6 +34,8 @@ __all__ = [
 SCHEMA_VERSION = 1
 KEY_POLICIES = ("escrow", "destroy")
 DEFAULT_HOSTS = ("localhost", "127.0.0.1")
+#: No lifetime beyond 100 years (and datetime arithmetic stays far from year 9999).
+_MAX_DAYS = 36500
 _KIND_NAMES = {int: "an integer", str: "a string", bool: "true or false"}
 _DNS_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
 
@@ -74,6 +76,16 @@ class Lifetimes:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise InputError(f"[lifetimes] {name} must be a positive number of days")
+            if value > _MAX_DAYS:
+                raise InputError(
+                    f"[lifetimes] {name} = {value} is more than {_MAX_DAYS} days (100 years): "
+                    "check the number"
+                )
+        if self.crl_days > self.issuing_ca_days:
+            raise InputError(
+                "[lifetimes] crl_days must not exceed issuing_ca_days: a CRL is re-signed "
+                "at least every crl_days, and its signer lives issuing_ca_days"
+            )
         if self.issuing_ca_days > self.root_ca_days:
             raise InputError("[lifetimes] issuing_ca_days must not exceed root_ca_days")
         if max(self.server_days, self.device_days) > self.issuing_ca_days:
