@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import espefuse
 import pytest
@@ -276,6 +277,36 @@ def test_ctrl_c_mid_write_is_reported_and_journaled(tmp_path: Path) -> None:
     data = json.loads((tmp_path / JOURNAL_NAME).read_text())
     assert data["status"] == "failed"
     assert data["burn_started_mac"] == "24:a1:60:0a:1b:2c"
+
+
+
+def test_ctrl_c_inside_the_pre_flash_burn_does_not_claim_none_burned(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The report said "eFuses burned: none ... some pre-flash eFuses may be burned" while
+    the burn had completed; lists were printed as Python lists (['burn_key ...'])."""
+    j = job("esp32")
+    s = session(tmp_path, "esp32")
+    real_burn = s.efuses.burn
+
+    def burn_then_ctrl_c(*args: Any, **kwargs: Any) -> None:
+        real_burn(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(s.efuses, "burn", burn_then_ctrl_c)
+    with pytest.raises(FlashError) as failure:
+        run(tmp_path, j, s)
+    message = str(failure.value)
+    assert "stopped during pre_flash: interrupted (Ctrl-C)" in message
+    assert "eFuses burned: not known" in message and "eFuses burned: none" not in message
+    assert "images written: none; verified: none" in message
+    monkeypatch.setattr(s.efuses, "burn", real_burn)
+    stopped = FailingFlash(0x400000, fail_at=3)
+    s2 = session(tmp_path, "esp32", flash=stopped)
+    with pytest.raises(FlashError) as second:
+        run(tmp_path, j, s2)
+    assert "[" not in str(second.value).split("stopped during images")[1]
+    assert "images written: bootloader@0x1000, partition-table@0x8000" in str(second.value)
 
 
 def _posture(s: ChipSession) -> dict[str, object]:

@@ -386,10 +386,18 @@ def _record_locks(steps: Sequence[EfuseStep], done: _Progress, journal: FlashJou
         journal.mark(f"efuse:{step.describe()}")
 
 
+def _listed(items: Sequence[str]) -> str:
+    return ", ".join(items) if items else "none"
+
+
 def _failure_report(device_id: str, port: str, done: _Progress, error: object) -> str:
     rerun = f"espfleet flash {device_id} --port {port}"
-    burned = f"eFuses burned: {done.efuses or 'none'}"
-    written = f"images written: {done.written or 'none'}; verified: {done.verified or 'none'}"
+    if done.stage == "pre_flash":
+        # stopped inside the burn: the chip, not this run, knows what took
+        burned = "eFuses burned: not known (stopped while burning; the re-run reads the chip)"
+    else:
+        burned = f"eFuses burned: {_listed(done.efuses)}"
+    written = f"images written: {_listed(done.written)}; verified: {_listed(done.verified)}"
     if done.stage == "preparation":
         next_step = "nothing was burned or written; fix the cause and re-run"
     elif done.stage == "pre_flash":
@@ -405,7 +413,7 @@ def _failure_report(device_id: str, port: str, done: _Progress, error: object) -
         )
     else:
         next_step = (
-            f"images verified; locks burned: {done.locks or 'none'}. Re-run `{rerun}` to "
+            f"images verified; locks burned: {_listed(done.locks)}. Re-run `{rerun}` to "
             "finish the locks (if download mode is already locked, the device is done)"
         )
     return (
