@@ -140,6 +140,7 @@ def test_wrong_flash_key_error_points_at_the_key_and_address(tmp_path: Path) -> 
                  "--flash-key", tmp_path / "other.key")
     assert_one_line_error(result, "CRC32", "decrypted with --flash-key", "wrong key, chip or "
                           "address", "--address 0x1c000")
+    assert "garbage like this" not in result.stderr  # also shown for a truncated file
 
 
 def test_blank_otadata_boots_factory(tmp_path: Path) -> None:

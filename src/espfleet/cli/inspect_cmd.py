@@ -376,9 +376,9 @@ def inspect(
         if flash_key is None:
             raise
         raise FormatError(
-            f"{error} [decrypted with --flash-key {flash_key} at --address {address}: a wrong "
-            "key, chip or address decrypts to garbage like this; use this device's key and the "
-            "offset FILE is flashed at]",
+            f"{error} [FILE was decrypted with --flash-key {flash_key} at --address {address} "
+            "first: a wrong key, chip or address decrypts to garbage; use this device's key "
+            "and the offset FILE is flashed at]",
             error.offset,
         ) from None
     if as_json:
