@@ -141,6 +141,22 @@ def test_declined_confirmation_burns_nothing(
     result = run(DEVICE, "--port", url, input="n\n")
     assert result.exit_code == 1
     assert vchip.efuse_bytes() == efuses
+    assert "Not flashed: nothing was burned or written" in result.output
+    assert "Aborted!" not in result.output
+
+
+
+def test_declined_then_confirmed_flashes_on_the_second_run(
+    fleet_workspace: Path, chip: tuple[VirtualChip, str]
+) -> None:
+    make_bundle(fleet_workspace)
+    vchip, url = chip
+    assert run(DEVICE, "--port", url, input="n\n").exit_code == 1
+    result = run(DEVICE, "--port", url, input="y\n")
+    assert result.exit_code == 0, result.output
+    assert f"{DEVICE} flashed" in result.output
+    for offset, data in PLAIN.items():
+        assert vchip.read_decrypted(offset, len(data)) == data
 
 
 def _use_destroy_policy(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -122,10 +122,11 @@ def _flash(
             else:
                 console.print("[bold]--dry-run[/]: nothing was changed.")
             return
-        if not inspection.complete and not yes:
-            click.confirm(
-                "Burning eFuses is irreversible. Flash this device?", abort=True, err=True
-            )
+        if not inspection.complete and not yes and not click.confirm(
+            "Burning eFuses is irreversible. Flash this device?", err=True
+        ):
+            err_console.print(f"Not flashed: nothing was burned or written on {device_id}.")
+            raise click.exceptions.Exit(1)
         say = (lambda _m: None) if as_json else (lambda m: err_console.print(f"  {m}"))
         if any(s.source == SOURCE_FLASH_ENCRYPTION_KEY
                for s in pending(inspection.efuse, "pre_flash")):
