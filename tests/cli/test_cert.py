@@ -134,6 +134,24 @@ def test_renew_supersedes_the_active_certificate(fleet_workspace: Path) -> None:
     assert listed == {first["serial"]: "superseded", second["serial"]: "active"}
 
 
+def test_factory_key_for_a_provisioned_device_is_refused(
+    fleet_workspace: Path, tmp_path: Path, snapshot: Snapshot
+) -> None:
+    """A provisioned device's identity is in its bundle: a key generated here would
+    supersede it, and flashing the bundle would install a superseded certificate."""
+    ws = Workspace.open(fleet_workspace)
+    with ws.ca(PASS) as ca:
+        ca.record(ca.issue_device_cert(DEVICE))
+        ca.registry.update_device(DEVICE, status="provisioned", bundle_sha256="ab" * 32)
+    before = snapshot(fleet_workspace)
+    refused = run("cert", "issue", DEVICE, "--renew")
+    assert refused.exit_code == 2, refused.output
+    assert "has a provisioned bundle" in refused.output and "--csr" in refused.output
+    assert snapshot(fleet_workspace) == before
+    from_device = run("cert", "issue", DEVICE, "--renew", "--csr", str(make_csr(tmp_path, DEVICE)))
+    assert from_device.exit_code == 0, from_device.output  # the device's own key: fine
+
+
 def test_renewal_from_a_csr_removes_the_old_factory_key(
     fleet_workspace: Path, tmp_path: Path
 ) -> None:

@@ -146,6 +146,14 @@ def issue(
         raise InputError(
             f"{device_id} is {device.status}: a {device.status} device gets no certificate"
         )
+    if csr is None and device is not None and device.bundle_sha256:
+        raise InputError(
+            f"{device_id} has a provisioned bundle (status {device.status}): its key and "
+            "certificate live in the bundle's encrypted NVS, so a key made here would never "
+            "reach the device (and the bundle would flash a superseded certificate); renew "
+            "with a CSR from the device (--csr), or rebuild an unflashed bundle with "
+            "`espfleet provision`"
+        )
     if current is not None and not renew:
         raise InputError(
             f"{device_id} already has an active certificate (serial {current.serial}, valid "
