@@ -93,6 +93,34 @@ def test_platformio_project_root_with_one_env_and_override_bootloader(
     assert overridden.bootloader_origin == "--bootloader"
 
 
+
+def test_platformio_8mb_build_under_fleet_toml_4mb_names_both_sizes(
+    tmp_path: Path, sb_bootloader: bytes
+) -> None:
+    """fleet.toml's flash_size ("4MB", written by `init`) outranks the app header: an 8 MB
+    board's build was refused with "ends ... beyond the 0x400000-byte flash ... Fix the
+    partition CSV", though the CSV was right and the size came from elsewhere."""
+    import esptool.bin_image as bin_image
+
+    image = bin_image.LoadFirmwareImage("esp32", build_test_app())
+    image.flash_size_freq = (3 << 4) | (image.flash_size_freq & 0x0F)  # 8MB
+    image.segments = [bin_image.ELFSection(b".s%d" % i, seg.addr, seg.data, 0)
+                      for i, seg in enumerate(image.segments)]
+    table = default_secure_table(0x800000, 0xF000).encode()
+    source = FirmwareSource(
+        "platformio", tmp_path, image.save(None), sb_bootloader, "--bootloader", table, 0xF000
+    )
+    with pytest.raises(InputError, match=r"past the 4MB flash that fleet.toml sets, and its "
+                       r"app was built for 8MB flash .* pass --flash-size 8MB"):
+        _check(source, default_flash_size="4MB")
+    checked = _check(source, flash_size="8MB", default_flash_size="4MB")
+    assert checked.flash_size == "8MB"  # type: ignore[attr-defined]
+    small = FirmwareSource("platformio", tmp_path, build_test_app(), sb_bootloader,
+                           "--bootloader", table, 0xF000)
+    with pytest.raises(InputError, match="Fix the partition CSV"):  # no larger build size
+        _check(small, default_flash_size="4MB")
+
+
 def test_ambiguous_platformio_project_names_the_envs(tmp_path: Path) -> None:
     for env in ("a", "b"):
         (tmp_path / ".pio" / "build" / env).mkdir(parents=True)

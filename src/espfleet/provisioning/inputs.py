@@ -283,6 +283,8 @@ def check_firmware(
         )
     if source.partition_table is not None:
         table = decode_table(source.partition_table)
+        if flash_size is None:
+            _refuse_smaller_default_size(source, table, size_name, app.flash_size)
     else:
         table = default_secure_table(size, table_offset)
     table.validate_secure(size, table_offset=table_offset, app_size=signed_app_size)
@@ -295,6 +297,24 @@ def check_firmware(
             )
     return CheckedFirmware(
         chip, source.app, source.bootloader, table, table_offset, size_name, secure
+    )
+
+
+def _refuse_smaller_default_size(
+    source: FirmwareSource, table: PartitionTable, size_name: str, built: str | None
+) -> None:
+    """The build's table and app header say a larger flash than the size taken from
+    the ESP-IDF settings or fleet.toml: name both, rather than blame the partition CSV."""
+    end = table.flash_end()
+    if end <= parse_flash_size(size_name) or built is None or parse_flash_size(built) < end:
+        return
+    origin = "the ESP-IDF build's flash_settings" if source.flash_size else "fleet.toml"
+    raise InputError(
+        f"the partition table of {source.origin} ends at {end:#x}, past the {size_name} "
+        f"flash that {origin} sets, and its app was built for {built} flash (image "
+        f"header): if the module has {built}, pass --flash-size {built} (and set "
+        f'flash_size = "{built}" in fleet.toml, then `espfleet ca reseal`); otherwise '
+        f"build the partition table for {size_name}"
     )
 
 
