@@ -213,6 +213,22 @@ def test_list_expiring_within(fleet_workspace: Path) -> None:
     assert row.split()[0] == DEVICE and row.split()[-1] == soon["serial"]  # whole, never cut
 
 
+def test_list_marks_an_expired_certificate(fleet_workspace: Path) -> None:
+    """Expired ones are what --expiring-within is for: the table must not call them active."""
+    import sqlite3
+
+    expired = run_json("cert", "issue", DEVICE)
+    with sqlite3.connect(fleet_workspace / "registry.db") as db:
+        db.execute("update certificates set not_after = '2025-01-01 00:00:00.000000' "
+                   "where serial = ?", (expired["serial"],))
+    table = run("cert", "list", "--expiring-within", "0")
+    assert table.exit_code == 0, table.output
+    [row] = table.output.splitlines()[1:]
+    assert row.split()[:2] == [DEVICE, "expired"] and row.split()[-1] == expired["serial"]
+    [listed] = run_json("cert", "list", "--expiring-within", "0")
+    assert listed["status"] == "active"  # the registry state; JSON readers compare not_after
+
+
 # -- bad input: a clear error, the right exit code, and nothing changed on disk ----------
 
 

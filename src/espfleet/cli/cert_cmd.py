@@ -257,8 +257,12 @@ def list_(obj: CliContext, expiring_within: int | None, as_json: bool) -> None:
     # what `cert revoke` takes, so they must survive copy-paste and grep.
     width = max([len("device"), *(len(record.device_id) for record in records)])
     click.echo(f"{'device':<{width}}  {'status':<10}  {'not after (UTC)':<16}  serial")
+    now = dt.datetime.now(dt.UTC)
     for record in records:
+        # an active certificate past its notAfter is refused by every TLS peer: say so
+        status = "expired" if record.status == "active" and record.not_after <= now else (
+            record.status)
         click.echo(
-            f"{record.device_id:<{width}}  {record.status:<10}  "
+            f"{record.device_id:<{width}}  {status:<10}  "
             f"{record.not_after:%Y-%m-%d %H:%M}  {record.serial}"
         )
