@@ -26,6 +26,7 @@ from espfleet.provisioning.espefuse_driver import EfuseDriver
 from espfleet.provisioning.esptool_driver import ChipIdentity, ChipSession, MemoryFlash
 from espfleet.provisioning.flash_journal import JOURNAL_NAME, FlashJournal
 from espfleet.provisioning.flasher import FlashImage, FlashJob, execute, inspect_chip
+from espfleet.provisioning.macs import LOCAL_PREFIX
 from espfleet.provisioning.preflight import normalize_mac
 
 MAC = bytes.fromhex("24a1600a1b2c")
@@ -220,6 +221,20 @@ def test_esp32_below_v3_refused_for_secure_boot_v2(tmp_path: Path) -> None:
 def test_mac_of_another_device_refused(tmp_path: Path) -> None:
     s = session(tmp_path, "esp32s3", mac=bytes.fromhex("24a1600a1b2d"))
     _refused(tmp_path, job("esp32s3"), s, "24:a1:60:0a:1b:2d, not .*another device")
+
+
+
+def test_count_allocated_bundle_on_a_real_board_says_to_provision_its_own_mac(
+    tmp_path: Path,
+) -> None:
+    """`provision --count` bundles carry allocated 02:e5:f1 MACs that no real chip has: the
+    refusal said "this is another device; flash the bundle made for it", which does not
+    exist."""
+    local = LOCAL_PREFIX + bytes(3)
+    j = dataclasses.replace(job("esp32s3"), mac=local, device_id=f"esp32s3-{local.hex()}")
+    s = session(tmp_path, "esp32s3")
+    _refused(tmp_path, j, s, r"made by `espfleet provision --count` .* no chip has from the "
+             r"factory .*`espfleet provision --device-id esp32s3-24a1600a1b2c`")
 
 
 def test_key_block_already_used_refused(tmp_path: Path) -> None:

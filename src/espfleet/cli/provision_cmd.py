@@ -33,8 +33,9 @@ WIFI_PASS_ENV = "ESPFLEET_WIFI_PASSWORD"
 @click.command(name="provision")
 @click.option(
     "--count", type=click.IntRange(min=1),
-    help="N devices with locally administered MACs (02:e5:f1:..) recorded in the registry; "
-    "MACs allocated by an interrupted run are resumed first.",
+    help="N devices with locally administered MACs (02:e5:f1:..) recorded in the registry, "
+    "for virtual chips and rehearsals: a real board keeps its factory MAC (list those with "
+    "--macs). MACs allocated by an interrupted run are resumed first.",
 )
 @click.option(
     "--macs", "macs_file", type=click.Path(dir_okay=False, path_type=Path),

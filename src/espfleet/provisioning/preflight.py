@@ -18,6 +18,7 @@ from espfleet.errors import FlashError
 from espfleet.provisioning.efuse_plan import EfusePlan, EfuseStep
 from espfleet.provisioning.espefuse_driver import EfuseState
 from espfleet.provisioning.esptool_driver import ChipIdentity
+from espfleet.provisioning.macs import LOCAL_PREFIX
 
 __all__ = ["StepCheck", "assess_steps", "check_identity", "normalize_mac", "pending"]
 
@@ -85,6 +86,16 @@ def check_identity(
             "than the image header says), and a locked device could never be fixed. Use a "
             f"{flash_size} module, or provision this one with --flash-size "
             f"{identity.flash_size}; nothing was changed"
+        )
+    if identity.mac != mac and mac[:3] == LOCAL_PREFIX:
+        own = f"{identity.chip}-{identity.mac.hex()}"
+        raise FlashError(
+            f"{device_id}'s bundle was made by `espfleet provision --count` for an allocated "
+            f"MAC ({':'.join(f'{b:02x}' for b in mac)}) that no chip has from the factory "
+            "(only a virtual chip created with `espfleet vdev create --mac`); the chip on "
+            f"{port} is {own} (MAC {identity.mac_text}): provision real boards by their own "
+            f"MAC (`espfleet provision --device-id {own}`, or a --macs list); nothing was "
+            "changed"
         )
     if identity.mac != mac:
         raise FlashError(
