@@ -65,6 +65,28 @@ def test_gitignore_keeps_every_secret_out_of_git(fleet_workspace: Path) -> None:
     assert not [name for name in tracked if name.startswith(("keys/", "vault/"))]
 
 
+def test_org_of_64_characters_makes_a_workspace(tmp_path: Path) -> None:
+    """fleet.toml allows 64 characters, O='s bound; "<org> Fleet Issuing CA" is longer than
+    a CN may be: init died in a ValueError traceback."""
+    from cryptography.x509.oid import NameOID
+
+    org = "Acme Sensors International " + "x" * 37
+    ws = Workspace.create(tmp_path / "ws", org=org, passphrase=PASS)
+    certs = [ws.root_cert, ws.issuing_cert, ws.server_cert("broker"), ws.server_cert("ota")]
+    for cert, suffix in zip(certs, (" Fleet Root CA", " Fleet Issuing CA", " broker", " ota"),
+                            strict=True):
+        [o] = cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
+        [cn] = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        assert o.value == org
+        assert isinstance(cn.value, str) and len(cn.value) <= 64
+        assert cn.value.endswith(suffix) and cn.value.startswith("Acme Sensors International")
+    with ws.ca(PASS) as ca:
+        ca.record(ca.issue_device_cert(DEVICE))
+    subprocess.run(["openssl", "verify", "-CAfile", str(tmp_path / "ws/pki/root-ca.pem"),
+                    "-untrusted", str(tmp_path / "ws/pki/issuing-ca.pem"),
+                    str(tmp_path / "ws/pki/broker.pem")], check=True, capture_output=True)
+
+
 def test_every_private_key_file_is_an_encrypted_pem(fleet_workspace: Path) -> None:
     ws = Workspace.open(fleet_workspace)
     with ws.ca(PASS) as ca:

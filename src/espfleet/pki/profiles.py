@@ -49,7 +49,17 @@ class _Issuer:
     key: PrivateKey
 
 
+#: X.520's upper bound for a CN (cryptography refuses longer ones).
+_CN_MAX = 64
+
+
 def _name(org: str, common_name: str) -> x509.Name:
+    """O=org, CN=common_name; a CN built as ``org + suffix`` (``Acme Fleet Root CA``)
+    that passes 64 characters keeps its suffix and shortens the org part (O= keeps the
+    whole org, which may itself be 64 characters)."""
+    if len(common_name) > _CN_MAX and common_name.startswith(org):
+        suffix = common_name[len(org):]
+        common_name = org[: _CN_MAX - len(suffix)].rstrip() + suffix
     return x509.Name(
         [
             x509.NameAttribute(NameOID.ORGANIZATION_NAME, org),
