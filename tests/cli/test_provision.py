@@ -450,6 +450,29 @@ def test_flashed_device_is_never_rebuilt(
     assert snapshot(fleet_workspace) == before
 
 
+
+def test_flashed_device_kept_with_an_older_app_says_so(
+    fleet_workspace: Path, fw: dict[str, Path]
+) -> None:
+    """A run with app 1.1.0 over a device flashed with 1.0.0 printed only "1 already done",
+    as if the device had the new app."""
+    device_id = "esp32-24a1600a1b2c"
+    assert _provision("--device-id", device_id, *_firmware_args(fw)).exit_code == 0
+    with _registry(fleet_workspace) as registry:
+        registry.update_device(device_id, status="flashed")
+    key = Workspace.open(fleet_workspace).signing_key(PASS)
+    newer = fw["app"].with_name("app-1.1.0.bin")
+    newer.write_bytes(demo_firmware("esp32", key, version="1.1.0", app_payload_size=0x8000).app)
+    result = _provision("--device-id", device_id, "--firmware", newer,
+                        "--bootloader", fw["bootloader"])
+    assert result.exit_code == 0, result.output
+    assert "0 built, 1 already done" in result.output
+    assert (f"{device_id}: already flashed with another app version than this run's: kept "
+            "(a flashed device changes only by OTA)") in result.output
+    same = _provision("--device-id", device_id, *_firmware_args(fw), "--json")
+    assert json.loads(same.output)["devices"][0]["note"] is None
+
+
 def test_rerun_with_other_settings_rebuilds_an_unflashed_device_never_a_flashed_one(
     fleet_workspace: Path, fw: dict[str, Path], snapshot: Snapshot
 ) -> None:

@@ -162,6 +162,8 @@ def provision(
         for result in report.results:
             if result.status == "failed":
                 click.echo(f"  {result.device_id}: {result.error}", err=True)
+            elif result.note:
+                click.echo(f"  {result.device_id}: {result.note}", err=True)
     if report.count("failed"):
         raise ProvisioningError(
             f"{report.count('failed')} device(s) failed (see above); fix the cause and run "

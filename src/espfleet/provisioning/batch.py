@@ -81,6 +81,8 @@ class DeviceResult:
     fingerprint_sha256: str | None = None
     not_before: dt.datetime | None = None
     not_after: dt.datetime | None = None
+    #: Why a skipped device keeps a bundle unlike this run's (it is already flashed).
+    note: str | None = None
 
 
 @dataclass(frozen=True)
@@ -99,7 +101,7 @@ class BatchReport:
             "seconds": round(self.seconds, 3),
             "devices": [
                 {"device_id": r.device_id, "status": r.status, "error": r.error,
-                 "bundle_sha256": r.bundle_sha256, "serial": r.serial}
+                 "bundle_sha256": r.bundle_sha256, "serial": r.serial, "note": r.note}
                 for r in self.results
             ],
         }
@@ -347,7 +349,14 @@ def run_batch(
     results: list[DeviceResult] = []
     for device_id in ids:
         if device_id in done:
-            skipped = DeviceResult(device_id, "skipped")
+            # only a flashed device is kept with other settings (an unflashed one is rebuilt)
+            changed = [c for c in _changed_settings(bundles_dir / device_id, policy)
+                       if c not in ("the bundle", "merged image")]
+            note = (
+                f"already flashed with another {', '.join(changed)} than this run's: kept "
+                "(a flashed device changes only by OTA)" if changed else None
+            )
+            skipped = DeviceResult(device_id, "skipped", note=note)
             results.append(skipped)
             if on_result:
                 on_result(skipped)
