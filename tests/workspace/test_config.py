@@ -105,6 +105,12 @@ def test_mistyped_ip_address_is_refused_not_taken_as_a_dns_name(host: str) -> No
         FleetConfig(org="Acme", broker_hosts=(host,))
 
 
+def test_ipv6_address_with_a_zone_is_refused() -> None:
+    """fe80::1%eth0 went into fleet.toml while the SAN held fe80::1."""
+    with pytest.raises(InputError, match="names an interface of this machine"):
+        FleetConfig(org="Acme", broker_hosts=("fe80::1%eth0",))
+
+
 def test_dns_name_with_a_trailing_dot_is_stored_without_it() -> None:
     """The SAN must be mqtt.example.com: TLS clients match the name without the dot."""
     config = FleetConfig(org="Acme", broker_hosts=("MQTT.Example.com.",))

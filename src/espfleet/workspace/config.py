@@ -43,9 +43,17 @@ _DNS_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
 def validate_host(host: str) -> str:
     """A DNS name or an IP address (what a server certificate SAN can hold)."""
     try:
-        return str(ipaddress.ip_address(host))
+        address = ipaddress.ip_address(host)
     except ValueError:
         pass
+    else:
+        if isinstance(address, ipaddress.IPv6Address) and address.scope_id:
+            raise InputError(
+                f"{host!r} names an interface of this machine (%{address.scope_id}): a "
+                "certificate and the devices cannot; give the address without it, or a "
+                "DNS name"
+            )
+        return str(address)
     name = host.rstrip(".")  # a certificate SAN holds the name without the root's dot
     labels = name.split(".")
     if not name or len(name) > 253 or not all(_DNS_LABEL.fullmatch(label) for label in labels):
