@@ -98,6 +98,7 @@ def build_policy(
         checked.bootloader, signing_key, f"bootloader from {source.bootloader_origin}"
     )
     host = config.broker_hosts[0]
+    uri_host = f"[{host}]" if ":" in host else host  # an IPv6 address goes in brackets
     return FleetPolicy(
         chip=chip,
         mode=efuse_plan.mode,
@@ -115,8 +116,8 @@ def build_policy(
             secure_version=desc.secure_version,
             app_sha256=hashlib.sha256(signed_app).hexdigest(),
         ),
-        broker_uri=f"mqtts://{host}:{config.broker_port}",
-        recovery_uri=f"mqtts://{host}:{config.recovery_port}",
+        broker_uri=f"mqtts://{uri_host}:{config.broker_port}",
+        recovery_uri=f"mqtts://{uri_host}:{config.recovery_port}",
         ca_chain_pem=workspace.chain_pem().decode(),
         ota_ca_pem=cert_pem(workspace.root_cert).decode(),
         merged=merged,
