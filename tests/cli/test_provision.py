@@ -271,6 +271,10 @@ def _bad_case(name: str, fleet_workspace: Path, fw: dict[str, Path],
     if name == "wifi_password_longer_than_wpa_allows_in_list":
         macs = write("wifi.csv", b"mac,ssid,password\n24:a1:60:0a:1b:2c,lab," + b"p" * 64)
         return ["--macs", macs, *_firmware_args(fw)], "wifi.csv line 2: .* at most 63"
+    if name == "macs_list_not_utf8":
+        macs = write("ansi.csv", b"mac,ssid,password\n24:a1:60:0a:1b:2c,Caf\xe9,pw-123456\n")
+        return ["--macs", macs, *_firmware_args(fw)], \
+            r"ansi.csv line 2: byte 0xe9 is not UTF-8 .* \"CSV UTF-8\""
     if name == "two_device_selectors":
         return [*one, "--count", "2", *_firmware_args(fw)], "exactly one of"
     raise AssertionError(name)
@@ -284,6 +288,7 @@ BAD_CASES = [
     "table_without_nvs_keys", "table_with_nvs_flagged_encrypted", "duplicate_mac_in_list",
     "duplicate_device_id", "malformed_mac_line", "two_device_selectors",
     "wifi_ssid_longer_than_32_bytes", "wifi_password_longer_than_wpa_allows_in_list",
+    "macs_list_not_utf8",
 ]
 
 

@@ -96,11 +96,7 @@ def provision(
     chip = workspace.config.chip
     entries: tuple[MacEntry, ...] = ()
     if macs_file is not None:
-        try:
-            text = macs_file.read_text()
-        except FileNotFoundError:
-            raise InputError(f"--macs {macs_file} does not exist") from None
-        entries = parse_mac_list(text, source=str(macs_file))
+        entries = parse_mac_list(_read_text(macs_file), source=str(macs_file))
     wifi_pass = os.environ.get(WIFI_PASS_ENV)
     if wifi_pass is not None and wifi_ssid is None:
         raise InputError(f"${WIFI_PASS_ENV} is set but --wifi-ssid is not")
@@ -169,6 +165,25 @@ def provision(
             f"{report.count('failed')} device(s) failed (see above); fix the cause and run "
             "the same command again: finished devices are skipped"
         )
+
+
+def _read_text(path: Path) -> str:
+    """A --macs file as text: UTF-8 (a spreadsheet's byte-order mark is fine). Another
+    encoding is refused, never guessed: an SSID must reach the device byte for byte."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise InputError(f"--macs {path} does not exist") from None
+    except OSError as error:
+        raise InputError(f"--macs {path} cannot be read: {error.strerror}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise InputError(
+            f"--macs {path} line {line}: byte 0x{data[error.start]:02x} is not UTF-8 (a file "
+            "saved as Windows/ANSI \"CSV\"?): save it as \"CSV UTF-8\" and run again"
+        ) from None
 
 
 def _interrupted(registry: Registry, chip: str, count: int | None) -> str:
