@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -139,6 +140,31 @@ def test_missing_paths_and_bad_flasher_args(tmp_path: Path) -> None:
     app.write_bytes(b"x")
     with pytest.raises(InputError, match=r"--bootloader .* does not exist"):
         load_firmware(app, bootloader=tmp_path / "missing.bin")
+
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda a: a["partition-table"].update(offset="0xzz"),
+        lambda a: a["app"].update(offset=None),
+        lambda a: a["bootloader"].update(file=None),
+        lambda a: a.update(flash_settings=[1]),
+        lambda a: a.update(extra_esptool_args="esp32"),
+    ],
+    ids=["bad-offset", "null-offset", "null-file", "settings-list", "args-string"],
+)
+def test_malformed_flasher_args_is_an_input_error_not_a_traceback(
+    tmp_path: Path, sb_bootloader: bytes, edit: Any
+) -> None:
+    build = _idf_build(tmp_path, sb_bootloader)
+    path = build / "flasher_args.json"
+    args = json.loads(path.read_text())
+    edit(args)
+    path.write_text(json.dumps(args))
+    with pytest.raises(InputError, match=r"is not ESP-IDF's flasher arguments .*run `idf.py "
+                                         r"build` again"):
+        load_firmware(build)
 
 
 def test_no_bootloader_and_not_an_image(tmp_path: Path) -> None:

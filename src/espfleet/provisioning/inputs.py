@@ -161,32 +161,47 @@ def _load_platformio(path: Path) -> FirmwareSource:
 
 
 def _load_esp_idf(build: Path) -> FirmwareSource:
+    path = build / "flasher_args.json"
     try:
-        args: dict[str, Any] = json.loads((build / "flasher_args.json").read_text())
+        args: dict[str, Any] = json.loads(path.read_text())
         app_entry = args["app"]
-    except (ValueError, KeyError, TypeError) as error:
+        entries = {key: _flasher_entry(args, key)
+                   for key in ("app", "bootloader", "partition-table")}
+        chip = (args.get("extra_esptool_args") or {}).get("chip")
+        size = (args.get("flash_settings") or {}).get("flash_size")
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        # a hand-edited or truncated file: every shape error, not a traceback
         raise InputError(
-            f"{build / 'flasher_args.json'} is not ESP-IDF's flasher arguments ({error}): "
+            f"{path} is not ESP-IDF's flasher arguments ({type(error).__name__}: {error}): "
             "run `idf.py build` again"
         ) from None
 
     def image(key: str) -> tuple[bytes | None, int | None]:
-        entry = args.get(key)
-        if not isinstance(entry, dict) or "file" not in entry:
+        entry = entries[key]
+        if entry is None:
             return None, None
-        return _read(build / entry["file"], f"ESP-IDF {key} image"), int(str(entry["offset"]), 0)
+        return _read(build / entry[0], f"ESP-IDF {key} image"), entry[1]
 
     app, _ = image("app")
     if app is None:
         raise InputError(f"flasher_args.json in {build} names no app image ({app_entry!r})")
     boot, _ = image("bootloader")
     table, table_offset = image("partition-table")
-    chip = (args.get("extra_esptool_args") or {}).get("chip")
-    size = (args.get("flash_settings") or {}).get("flash_size")
     return FirmwareSource(
         "esp-idf", build, app, boot, "the ESP-IDF build" if boot is not None else None,
         table, table_offset, chip, size if size in _FLASH_SIZES else None,
     )
+
+
+def _flasher_entry(args: dict[str, Any], key: str) -> tuple[str, int] | None:
+    """``{"file": ..., "offset": "0x..."}`` of flasher_args.json; raises ValueError or
+    TypeError when it has another shape."""
+    entry = args.get(key)
+    if not isinstance(entry, dict) or "file" not in entry:
+        return None
+    if not isinstance(entry["file"], str):
+        raise TypeError(f"{key}.file is {entry['file']!r}, not a file name")
+    return entry["file"], int(str(entry["offset"]), 0)
 
 
 @dataclass(frozen=True)
