@@ -11,10 +11,10 @@ for tool in "$@"; do
 done
 if [ "${#need_apt[@]}" -gt 0 ]; then
   if [ "$(id -u)" = "0" ]; then
-    echo "==> apt-get install ${need_apt[*]}"
+    echo "==> apt-get install ${need_apt[*]}" >&2
     export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq "${need_apt[@]}" >/dev/null
+    apt-get update -qq >&2
+    apt-get install -y -qq "${need_apt[@]}" >&2
   else
     echo "warning: missing ${need_apt[*]} and not root: install them with apt-get" >&2
   fi
@@ -22,16 +22,19 @@ fi
 
 PY="${PYTHON:-python3}"
 if [ ! -x .venv/bin/python ]; then
-  echo "==> creating .venv"
+  echo "==> creating .venv" >&2
   "$PY" -m venv .venv
 fi
-# Reinstall only when the dependency list changed since the last install.
+# Reinstall only when the dependency list changed since the last install (an install
+# with the dev extras also serves scripts/demo, which needs none).
 stamp=.venv/.espfleet-installed
-want="$(sha256sum pyproject.toml | cut -d' ' -f1)-${ESPFLEET_EXTRAS:-}"
-if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-  echo "==> pip install -e .${ESPFLEET_EXTRAS:+[$ESPFLEET_EXTRAS]}"
-  .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e ".${ESPFLEET_EXTRAS:+[$ESPFLEET_EXTRAS]}"
+hash="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+want="$hash-${ESPFLEET_EXTRAS:-}"
+have="$(cat "$stamp" 2>/dev/null || true)"
+if [ "$have" != "$want" ] && { [ -n "${ESPFLEET_EXTRAS:-}" ] || [ "${have%%-*}" != "$hash" ]; }; then
+  echo "==> pip install -e .${ESPFLEET_EXTRAS:+[$ESPFLEET_EXTRAS]}" >&2
+  .venv/bin/python -m pip install -q --upgrade pip >&2
+  .venv/bin/python -m pip install -q -e ".${ESPFLEET_EXTRAS:+[$ESPFLEET_EXTRAS]}"  >&2
   echo "$want" > "$stamp"
 fi
 export PATH="$ROOT/.venv/bin:$PATH"

@@ -27,6 +27,7 @@ __all__ = [
     "RegistryError",
     "SigningError",
     "WorkspaceError",
+    "WorkspaceExistsError",
 ]
 
 
@@ -56,6 +57,10 @@ class PassphraseError(InputError):
 
 class WorkspaceError(EspfleetError):
     """The fleet workspace is missing, incomplete, tampered with or already exists."""
+
+
+class WorkspaceExistsError(WorkspaceError, InputError):
+    """``init`` was pointed at an existing workspace or a non-empty directory (bad input)."""
 
 
 class PkiError(EspfleetError):

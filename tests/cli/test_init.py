@@ -69,7 +69,7 @@ def test_init_over_existing_workspace_is_refused(
 ) -> None:
     before = snapshot(fleet_workspace)
     result = runner.invoke(main, ["init", str(fleet_workspace), "--org", "Other"])
-    assert result.exit_code == 1
+    assert result.exit_code == 2  # bad input: the user named an existing workspace
     assert "already an espfleet workspace" in result.output
     assert "Traceback" not in result.output
     assert snapshot(fleet_workspace) == before

@@ -13,7 +13,7 @@ from cryptography import x509
 
 from espfleet._io import atomic_write, atomic_write_text
 from espfleet.backend.registry import Registry
-from espfleet.errors import WorkspaceError
+from espfleet.errors import WorkspaceError, WorkspaceExistsError
 from espfleet.pki.ca import CertificateAuthority, new_hierarchy, utcnow
 from espfleet.pki.keys import encrypt_private_key, generate_rsa3072_key, public_key_pem
 from espfleet.pki.store import write_certificate, write_private_key
@@ -81,12 +81,12 @@ def _create(target: Path, config: FleetConfig, passphrase: bytes) -> None:
 
 def refuse_existing(target: Path) -> None:
     if (target / FLEET_TOML).exists():
-        raise WorkspaceError(
+        raise WorkspaceExistsError(
             f"{target} is already an espfleet workspace: refusing to overwrite it; "
             "choose another directory"
         )
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
-        raise WorkspaceError(
+        raise WorkspaceExistsError(
             f"{target} exists and is not an empty directory: refusing to create a workspace "
             "there; choose a new or empty directory"
         )
