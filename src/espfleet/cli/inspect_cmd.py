@@ -29,6 +29,8 @@ class _Options:
     chip: str | None
     nvs_keys: Path | None
     ota_slots: int
+    #: NvsKeys taken from a device's vault entry (``--device``), instead of a file.
+    device_nvs_keys: Any = None
 
 
 @dataclass(frozen=True)
@@ -126,6 +128,8 @@ def _erased_sectors(data: bytes) -> set[int]:
 def _keys_from(options: _Options) -> Any:
     from espfleet.formats import nvs_keys
 
+    if options.device_nvs_keys is not None:
+        return options.device_nvs_keys
     if options.nvs_keys is None:
         return None
     try:
@@ -317,6 +321,47 @@ def _decrypt(data: bytes, key_path: Path | None, address: str | None, chip: str 
     return flash_encryption.decrypt(data, _read(key_path, "flash-encryption key"), offset, chip)
 
 
+@dataclass(frozen=True)
+class _DeviceArtifact:
+    """FILE as one artifact of a device's bundle, with that device's vault secrets."""
+
+    device_id: str
+    chip: str
+    offset: int
+    encrypted: bool
+    flash_key: bytes
+    nvs_keys: Any
+
+
+def _device_artifact(file: Path, device_id: str, workspace_dir: Path) -> _DeviceArtifact:
+    from espfleet.cli._context import get_passphrase
+    from espfleet.device_id import parse_device_id
+    from espfleet.formats.nvs_keys import NvsKeys
+    from espfleet.provisioning.bundle import load_bundle
+    from espfleet.provisioning.vault import Vault
+    from espfleet.workspace import Workspace
+
+    device_id = parse_device_id(device_id).value
+    workspace = Workspace.open(workspace_dir)
+    bundle = load_bundle(workspace.bundles_dir / device_id)
+    manifest = bundle.manifest
+    artifact = next((a for a in manifest.artifacts if a.file == file.name), None)
+    if artifact is None:
+        names = ", ".join(a.file for a in manifest.artifacts)
+        raise InputError(
+            f"{file.name} is not an artifact of {device_id}'s bundle (it has: {names}); "
+            "--device reads the offset and keys of that bundle's own files"
+        )
+    vault = Vault.open(workspace.vault_dir, get_passphrase(purpose="the key vault"), create=False)
+    sealed = bundle.sealed_secrets
+    secrets = vault.unseal(device_id, sealed) if sealed else vault.load(device_id)
+    raw = secrets.nvs_keys
+    return _DeviceArtifact(
+        device_id, manifest.chip, artifact.offset, artifact.encrypted,
+        secrets.flash_encryption_key, NvsKeys(raw[:32], raw[32:]),
+    )
+
+
 DECODERS: dict[str, Callable[[bytes, _Options], Report]] = {
     "image": _image,
     "partitions": _partitions,
@@ -349,8 +394,15 @@ DECODERS: dict[str, Callable[[bytes, _Options], Report]] = {
 @click.option(
     "--address", type=str, default=None, help="Flash offset FILE was read from (with --flash-key)."
 )
+@click.option(
+    "--device", "device_id", default=None,
+    help="FILE is an artifact of this device's bundle: decrypt it (and its NVS) with the "
+    "device's keys from the workspace vault, at the offset the manifest records.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
+@click.pass_context
 def inspect(
+    ctx: click.Context,
     file: Path,
     kind: str,
     chip: str | None,
@@ -358,21 +410,37 @@ def inspect(
     ota_slots: int,
     flash_key: Path | None,
     address: str | None,
+    device_id: str | None,
     as_json: bool,
 ) -> None:
     """Decode FILE as an image, partition table, otadata, NVS, nvs_keys or eFuse image.
 
     A flash-encrypted artifact (a bundle's nvs_keys, otadata, app, ...) is decrypted
-    first with --flash-key, --chip and the --address it lives at.
+    first with --flash-key, --chip and the --address it lives at; or, for a bundle in
+    the workspace, with --device ID (keys from the vault, offset from the manifest).
     """
     if nvs_keys_path is not None and kind != "nvs":
         raise InputError("--nvs-keys only applies to --as nvs")
+    if device_id is not None and (flash_key or address or nvs_keys_path):
+        raise InputError("--device takes the keys and offset from the bundle: leave out "
+                         "--flash-key, --address and --nvs-keys")
     data = _read(file, "file")
-    if flash_key is not None or address is not None:
+    options = _Options(chip, nvs_keys_path, ota_slots)
+    if device_id is not None:
+        found = _device_artifact(file, device_id, ctx.obj.workspace_dir)
+        options = _Options(chip or found.chip, None, ota_slots, found.nvs_keys)
+        if found.encrypted:
+            from espfleet.formats import flash_encryption
+
+            data = flash_encryption.decrypt(data, found.flash_key, found.offset, found.chip)
+    elif flash_key is not None or address is not None:
         data = _decrypt(data, flash_key, address, chip)
     try:
-        report = DECODERS[kind](data, _Options(chip, nvs_keys_path, ota_slots))
+        report = DECODERS[kind](data, options)
     except FormatError as error:
+        if device_id is not None:
+            raise FormatError(f"{error} [decrypted with {device_id}'s vault key]",
+                              error.offset) from None
         if flash_key is None:
             raise
         raise FormatError(
