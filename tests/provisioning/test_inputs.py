@@ -61,6 +61,27 @@ def test_esp_idf_build_with_espressif_sbv2_bootloader_passes(
     assert checked.table_offset == 0xF000 and checked.secure_bootloader  # type: ignore[attr-defined]
 
 
+
+def test_secure_boot_esp_idf_build_without_bootloader_entry_uses_the_built_one(
+    tmp_path: Path, sb_bootloader: bytes
+) -> None:
+    """With CONFIG_SECURE_BOOT, `idf.py flash` (and so flasher_args.json) leaves the
+    bootloader out; it was refused as "no bootloader: pass --bootloader" although the
+    build had made it in bootloader/bootloader.bin."""
+    build = _idf_build(tmp_path, sb_bootloader)
+    path = build / "flasher_args.json"
+    args = json.loads(path.read_text())
+    del args["bootloader"]
+    path.write_text(json.dumps(args))
+    source = load_firmware(build)
+    assert source.bootloader == sb_bootloader
+    assert source.bootloader_origin is not None and "bootloader.bin" in source.bootloader_origin
+    assert _check(source).secure_bootloader  # type: ignore[attr-defined]
+    (build / "bootloader" / "bootloader.bin").unlink()
+    with pytest.raises(InputError, match="pass --bootloader FILE"):
+        _check(load_firmware(build))
+
+
 def test_esp_idf_build_for_another_chip_is_refused(tmp_path: Path, sb_bootloader: bytes) -> None:
     source = load_firmware(_idf_build(tmp_path, sb_bootloader, chip="esp32s3"))
     with pytest.raises(InputError, match=r"targets esp32s3.*idf.py set-target esp32"):

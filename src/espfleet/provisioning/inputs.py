@@ -186,9 +186,15 @@ def _load_esp_idf(build: Path) -> FirmwareSource:
     if app is None:
         raise InputError(f"flasher_args.json in {build} names no app image ({app_entry!r})")
     boot, _ = image("bootloader")
+    origin = "the ESP-IDF build"
+    # With secure boot on, ESP-IDF leaves the bootloader out of `idf.py flash`, hence out
+    # of flasher_args.json (it is flashed once, apart): it is still built in its place.
+    built = build / "bootloader" / "bootloader.bin"
+    if boot is None and built.is_file():
+        boot, origin = _read(built, "ESP-IDF bootloader"), f"the ESP-IDF build ({built})"
     table, table_offset = image("partition-table")
     return FirmwareSource(
-        "esp-idf", build, app, boot, "the ESP-IDF build" if boot is not None else None,
+        "esp-idf", build, app, boot, origin if boot is not None else None,
         table, table_offset, chip, size if size in _FLASH_SIZES else None,
     )
 
