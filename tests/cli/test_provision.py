@@ -271,6 +271,10 @@ def _bad_case(name: str, fleet_workspace: Path, fw: dict[str, Path],
     if name == "wifi_password_longer_than_wpa_allows_in_list":
         macs = write("wifi.csv", b"mac,ssid,password\n24:a1:60:0a:1b:2c,lab," + b"p" * 64)
         return ["--macs", macs, *_firmware_args(fw)], "wifi.csv line 2: .* at most 63"
+    if name == "nvs_partition_too_small_for_the_identity":
+        csv = _GOOD_CSV.replace("nvs,data,nvs,0x9000,0x6000,", "nvs,data,nvs,0x9000,0x2000,")
+        return ["--count", "3", "--firmware", _pio_dir(tmp_path, fw, csv), "--bootloader",
+                fw["bootloader"]], r"partition nvs \(data/nvs, 0x2000 bytes\) is too small"
     if name == "macs_list_not_utf8":
         macs = write("ansi.csv", b"mac,ssid,password\n24:a1:60:0a:1b:2c,Caf\xe9,pw-123456\n")
         return ["--macs", macs, *_firmware_args(fw)], \
@@ -288,7 +292,7 @@ BAD_CASES = [
     "table_without_nvs_keys", "table_with_nvs_flagged_encrypted", "duplicate_mac_in_list",
     "duplicate_device_id", "malformed_mac_line", "two_device_selectors",
     "wifi_ssid_longer_than_32_bytes", "wifi_password_longer_than_wpa_allows_in_list",
-    "macs_list_not_utf8",
+    "macs_list_not_utf8", "nvs_partition_too_small_for_the_identity",
 ]
 
 

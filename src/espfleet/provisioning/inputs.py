@@ -30,6 +30,7 @@ from typing import Any, Literal
 
 from espfleet.chips import chip_facts
 from espfleet.errors import FormatError, InputError
+from espfleet.formats.nvs import MIN_SIZE as NVS_MIN_SIZE
 from espfleet.formats.partition_table import PartitionTable, default_secure_table
 from espfleet.formats.partition_table import decode as decode_table
 
@@ -316,6 +317,14 @@ def check_firmware(
                 "entries with nvs_keys and must not be under flash encryption; remove the "
                 "flag from the partition CSV"
             )
+    identity = table.by_type("data", "nvs")[0]  # where every device's identity is written
+    if identity.size < NVS_MIN_SIZE:
+        # once for the batch, not as the same failure of every device
+        raise InputError(
+            f"partition {identity.name} (data/nvs, {identity.size:#x} bytes) is too small for "
+            f"the device identity: NVS needs at least {NVS_MIN_SIZE:#x} (two data pages and a "
+            "spare page); enlarge it in the partition CSV"
+        )
     return CheckedFirmware(
         chip, source.app, source.bootloader, table, table_offset, size_name, secure
     )
