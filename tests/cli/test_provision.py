@@ -142,6 +142,23 @@ def test_development_mode_with_platformio_bootloader_says_the_app_is_not_verifie
     assert "does not verify the app" not in secure.output
 
 
+
+def test_release_bundles_for_a_localhost_broker_are_warned_about(
+    fleet_workspace: Path, fw: dict[str, Path]
+) -> None:
+    """`init` without --broker-host writes localhost: release bundles silently told every
+    device to find its MQTT broker at mqtts://localhost:8883 (itself)."""
+    result = _provision("--device-id", "esp32-24a1600a1b2c", *_firmware_args(fw))
+    assert result.exit_code == 0, result.output
+    assert "devices get broker mqtts://localhost:8883: localhost is the device itself" \
+        in result.output
+    dev = _provision("--device-id", "esp32-24a1600a1b30", *_firmware_args(fw),
+                     "--mode", "development")
+    assert dev.exit_code == 0 and "is the device itself" not in dev.output
+    again = _provision("--device-id", "esp32-24a1600a1b2c", *_firmware_args(fw), "--json")
+    assert "is the device itself" in json.loads(again.output)["warnings"][0]
+
+
 def test_destroy_policy_seals_secrets_into_the_bundle_not_the_vault(
     fleet_workspace: Path, fw: dict[str, Path]
 ) -> None:

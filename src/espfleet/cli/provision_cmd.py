@@ -28,6 +28,7 @@ from espfleet.workspace import Workspace
 from espfleet.workspace.authority import IssuingAuthority
 
 WIFI_PASS_ENV = "ESPFLEET_WIFI_PASSWORD"
+_LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 
 
 @click.command(name="provision")
@@ -142,10 +143,13 @@ def provision(
     finally:
         registry.close()
         authority.close()
+    warnings = _broker_warnings(workspace, policy, mode)
     if as_json:
         echo_json({**report.to_json(), "chip": chip, "mode": mode,
-                   "bundles": str(workspace.bundles_dir)})
+                   "bundles": str(workspace.bundles_dir), "warnings": warnings})
     else:
+        for warning in warnings:
+            err_console.print(f"[yellow]warning:[/] {warning}")
         resumed = (
             f" ({allocation.resumed} of them allocated by an interrupted run)"
             if allocation.resumed else ""
@@ -165,6 +169,19 @@ def provision(
             f"{report.count('failed')} device(s) failed (see above); fix the cause and run "
             "the same command again: finished devices are skipped"
         )
+
+
+def _broker_warnings(workspace: Workspace, policy: FleetPolicy, mode: str) -> list[str]:
+    """`init` without --broker-host leaves localhost: every release device would look for
+    its MQTT broker on itself."""
+    host = workspace.config.broker_hosts[0]
+    if mode != "release" or host not in _LOOPBACK_HOSTS:
+        return []
+    return [
+        f"devices get broker {policy.broker_uri}: {host} is the device itself. Set the "
+        "broker's real name under [hosts] in fleet.toml and run `espfleet ca reseal` "
+        "before provisioning devices that ship"
+    ]
 
 
 def _read_text(path: Path) -> str:
