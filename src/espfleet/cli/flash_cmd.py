@@ -11,12 +11,18 @@ from rich.table import Table
 from espfleet.cli._context import CliContext, get_passphrase
 from espfleet.cli._output import console, echo_json, err_console
 from espfleet.device_id import parse_device_id
-from espfleet.errors import FlashError, InputError
+from espfleet.errors import EspfleetError, FlashError, InputError
 from espfleet.provisioning.batch import bundle_sha256
-from espfleet.provisioning.bundle import MANIFEST_NAME, Bundle, load_bundle, wipe_secrets
+from espfleet.provisioning.bundle import (
+    MANIFEST_NAME,
+    Bundle,
+    Manifest,
+    load_bundle,
+    wipe_secrets,
+)
 from espfleet.provisioning.efuse_plan import SOURCE_FLASH_ENCRYPTION_KEY
 from espfleet.provisioning.esptool_driver import open_session
-from espfleet.provisioning.flash_journal import FlashJournal
+from espfleet.provisioning.flash_journal import JOURNAL_NAME, FlashJournal
 from espfleet.provisioning.flasher import FlashJob, Inspection, execute, inspect_chip
 from espfleet.provisioning.preflight import pending
 from espfleet.provisioning.prepare import RETIRED_STATUSES
@@ -80,10 +86,14 @@ def flash(
     workspace = Workspace.open(obj.workspace_dir)
     bundle_dir = workspace.bundles_dir / device_id
     bundle = load_bundle(bundle_dir)
-    _check_recorded(workspace, bundle_dir, device_id)
-    job = FlashJob.from_bundle(bundle)
-    journal = FlashJournal.load(bundle_dir, device_id)
-    with journal.exclusive():
+    # The lock `espfleet provision` also takes before it rebuilds this bundle; what was
+    # loaded before it is checked again under it (a rebuild in between would have this
+    # run burn a key that the new bundle and the vault no longer hold).
+    with FlashJournal(bundle_dir / JOURNAL_NAME, device_id).exclusive():
+        _check_unchanged(bundle)
+        _check_recorded(workspace, bundle_dir, device_id)
+        job = FlashJob.from_bundle(bundle)
+        journal = FlashJournal.load(bundle_dir, device_id)
         _flash(obj, workspace, bundle, job, journal, port, dry_run=dry_run, yes=yes,
                as_json=as_json)
 
@@ -170,6 +180,21 @@ def _flash(
     )
     if destroyed_now:
         console.print("Flash-encryption key destroyed (key policy: destroy).")
+
+
+def _check_unchanged(bundle: Bundle) -> None:
+    """The bundle on disk is still the one loaded (its manifest holds every image hash)."""
+    try:
+        on_disk: Manifest | None = Manifest.decode((bundle.path / MANIFEST_NAME).read_bytes())
+    except (OSError, EspfleetError):
+        on_disk = None
+    if on_disk != bundle.manifest:
+        device_id = bundle.manifest.device_id
+        raise FlashError(
+            f"the bundle of {device_id} changed while this run started (`espfleet provision` "
+            f"rebuilt or removed {bundle.path}): nothing was burned or written; run "
+            f"`espfleet flash {device_id}` again to flash the bundle now recorded"
+        )
 
 
 def _check_recorded(workspace: Workspace, bundle_dir: Path, device_id: str) -> None:

@@ -16,6 +16,9 @@ app version: otherwise an unflashed device is rebuilt, see :func:`done_devices`)
 re-run skips done devices, removes leftovers of a
 killed run (``.partial-*`` directories, a bundle without its registry row) and builds
 the rest. So a crash, ``kill -9`` or Ctrl-C at any point leaves no half bundle or row.
+The run decides and rebuilds each existing bundle under the lock `espfleet flash` holds
+on it (``bundles/<id>/``), until its registry row is committed; a device being flashed
+is refused (nothing written for it) unless it is done.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import os
 import secrets
 import shutil
 import time
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Collection, Generator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -277,9 +280,13 @@ def _flash_started(bundle_dir: Path, device_id: str) -> bool:
         return True
 
 
-def clean_leftovers(bundles_dir: Path, pending: Sequence[str], vault: Vault) -> list[str]:
+def clean_leftovers(
+    bundles_dir: Path, pending: Sequence[str], vault: Vault, locked: Collection[str] = ()
+) -> list[str]:
     """Remove ``.partial-*`` directories, and the bundles and vault files of pending
-    (unrecorded) devices: what a killed or interrupted run left behind."""
+    (unrecorded) devices: what a killed or interrupted run left behind. A bundle is
+    removed under its flash lock (already held by this process for the ids in
+    ``locked``); one that `espfleet flash` holds is kept, with its vault file."""
     removed: list[str] = []
     if not bundles_dir.exists():
         return removed
@@ -289,11 +296,51 @@ def clean_leftovers(bundles_dir: Path, pending: Sequence[str], vault: Vault) -> 
             removed.append(item.name)
     for device_id in pending:
         orphan = bundles_dir / device_id
-        if orphan.exists():
-            shutil.rmtree(orphan)
-            removed.append(device_id)
+        try:
+            with contextlib.ExitStack() as stack:
+                if device_id not in locked:
+                    stack.enter_context(_device_lock(bundles_dir, device_id))
+                shutil.rmtree(orphan)
+                removed.append(device_id)
+        except FileNotFoundError:
+            pass
+        except ProvisioningError:
+            continue  # being flashed: its chip may take this vault key
         vault.destroy(device_id)
     return removed
+
+
+def _device_lock(bundles_dir: Path, device_id: str) -> contextlib.AbstractContextManager[None]:
+    """The lock `espfleet flash` holds on ``bundles/<id>/`` (see
+    :meth:`FlashJournal.exclusive`): taken before a bundle is rebuilt or removed, so its
+    chip never gets a key that the new bundle and vault no longer hold. Raises
+    :class:`FileNotFoundError` if there is no bundle."""
+    bundle_dir = bundles_dir / device_id
+    return directory_lock(bundle_dir, ProvisioningError(
+        f"{device_id} is being flashed by another espfleet process (it holds {bundle_dir}): "
+        "run provision again after it finishes; nothing was written for this device"
+    ))
+
+
+def _lock_bundles(
+    stack: contextlib.ExitStack, bundles_dir: Path, device_ids: Sequence[str]
+) -> tuple[dict[str, contextlib.ExitStack], dict[str, str]]:
+    """Take the flash lock of every existing bundle of ``device_ids`` (held until
+    ``stack`` closes, or its own stack does). Returns the held locks and, for the
+    bundles another process holds, why."""
+    held: dict[str, contextlib.ExitStack] = {}
+    busy: dict[str, str] = {}
+    for device_id in device_ids:
+        own = stack.enter_context(contextlib.ExitStack())
+        try:
+            own.enter_context(_device_lock(bundles_dir, device_id))
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        except ProvisioningError as error:
+            busy[device_id] = str(error)
+            continue
+        held[device_id] = own
+    return held, busy
 
 
 def _record(registry: Registry, policy: FleetPolicy, result: DeviceResult) -> None:
@@ -343,12 +390,44 @@ def run_batch(
         raise ProvisioningError("the batch names a device twice")
     # Derived once here; forked workers inherit the key (and kdf.json exists before them).
     vault = Vault.open(vault_dir, passphrase)
-    done = done_devices(registry, bundles_dir, ids, policy=policy)
-    pending = [r for r in requests if r.device_id not in done]
-    clean_leftovers(bundles_dir, [r.device_id for r in pending], vault)
+    with contextlib.ExitStack() as stack:
+        # Decide and rebuild under the flash lock of each bundle: a `espfleet flash` of
+        # the device running meanwhile would burn the key of the bundle replaced.
+        held, busy = _lock_bundles(stack, bundles_dir, ids)
+        done = done_devices(registry, bundles_dir, ids, policy=policy)
+        for device_id in done & held.keys():
+            held.pop(device_id).close()  # kept as is: flash it meanwhile
+        return _run(requests, policy, ca, registry, bundles_dir, vault, jobs, on_result,
+                    done=done, busy=busy, locked=held.keys(), start=start)
+
+
+def _run(
+    requests: Sequence[DeviceRequest],
+    policy: FleetPolicy,
+    ca: CertificateAuthority,
+    registry: Registry,
+    bundles_dir: Path,
+    vault: Vault,
+    jobs: int | None,
+    on_result: Callable[[DeviceResult], None] | None,
+    *,
+    done: set[str],
+    busy: Mapping[str, str],
+    locked: Collection[str],
+    start: float,
+) -> BatchReport:
+    ids = [r.device_id for r in requests]
+    refused = {device_id: why for device_id, why in busy.items() if device_id not in done}
+    pending = [r for r in requests if r.device_id not in done and r.device_id not in refused]
+    clean_leftovers(bundles_dir, [r.device_id for r in pending], vault, locked)
     results: list[DeviceResult] = []
     for device_id in ids:
-        if device_id in done:
+        if device_id in refused:
+            failed = DeviceResult(device_id, "failed", error=refused[device_id])
+            results.append(failed)
+            if on_result:
+                on_result(failed)
+        elif device_id in done:
             # only a flashed device is kept with other settings (an unflashed one is rebuilt)
             changed = [c for c in _changed_settings(bundles_dir / device_id, policy)
                        if c not in ("the bundle", "merged image")]
@@ -375,6 +454,7 @@ def run_batch(
     except BaseException:
         # Ctrl-C or a failure: the workers are stopped (closing the stream terminates the
         # pool); leave no bundle or vault file that the registry does not vouch for.
+        # (each under its own lock: the directories locked above were replaced by now)
         unrecorded = [r.device_id for r in pending if r.device_id not in recorded]
         clean_leftovers(bundles_dir, unrecorded, vault)
         raise

@@ -66,11 +66,17 @@ class FlashJournal:
     def exclusive(self) -> contextlib.AbstractContextManager[None]:
         """Hold the device's flash lock (on the bundle directory itself, so no file is
         created): two runs on one device would race the journal and, on two ports,
-        could flash two chips with one identity."""
+        could flash two chips with one identity; `espfleet provision` takes the same
+        lock before it rebuilds or removes the bundle."""
         path = self.path.parent
         return directory_lock(path, FlashError(
-            f"another `espfleet flash {self.device_id}` is running (it holds {path}): "
-            "wait for it to finish; nothing was changed"
+            f"another `espfleet flash {self.device_id}` (or an `espfleet provision` "
+            f"rebuilding its bundle) is running (it holds {path}): wait for it to finish, "
+            "then run this command again; nothing was changed"
+        ), replaced=FlashError(
+            f"the bundle {path} was replaced or removed (by `espfleet provision`) while "
+            f"this run started: run `espfleet flash {self.device_id}` again; nothing was "
+            "changed"
         ))
 
     @property
