@@ -397,36 +397,49 @@ def run_batch(
         done = done_devices(registry, bundles_dir, ids, policy=policy)
         for device_id in done & held.keys():
             held.pop(device_id).close()  # kept as is: flash it meanwhile
-        return _run(requests, policy, ca, registry, bundles_dir, vault, jobs, on_result,
-                    done=done, busy=busy, locked=held.keys(), start=start)
+        refused = {device_id: why for device_id, why in busy.items() if device_id not in done}
+        pending = [r for r in requests if r.device_id not in done | refused.keys()]
+        clean_leftovers(bundles_dir, [r.device_id for r in pending], vault, held.keys())
+        results = _not_built(ids, done, refused, bundles_dir, policy)
+        if on_result:
+            for result in results:
+                on_result(result)
+        job = _Job(bundles_dir, vault, policy, ca)
+        recorded: set[str] = set()
+        try:
+            workers = jobs or os.cpu_count() or 1
+            with contextlib.closing(_results(job, pending, workers)) as stream:
+                for result in stream:
+                    if result.status == "built":
+                        os.sync()  # the bundle's files are on disk before the registry says "done"
+                        _record(registry, policy, result)
+                        recorded.add(result.device_id)
+                    results.append(result)
+                    if on_result:
+                        on_result(result)
+        except BaseException:
+            # Ctrl-C or a failure: the workers are stopped (closing the stream terminates the
+            # pool); leave no bundle or vault file that the registry does not vouch for (each
+            # removed under its own lock: the directories locked above were replaced by now).
+            unrecorded = [r.device_id for r in pending if r.device_id not in recorded]
+            clean_leftovers(bundles_dir, unrecorded, vault)
+            raise
+    return BatchReport(tuple(results), time.perf_counter() - start)
 
 
-def _run(
-    requests: Sequence[DeviceRequest],
-    policy: FleetPolicy,
-    ca: CertificateAuthority,
-    registry: Registry,
-    bundles_dir: Path,
-    vault: Vault,
-    jobs: int | None,
-    on_result: Callable[[DeviceResult], None] | None,
-    *,
+def _not_built(
+    ids: Sequence[str],
     done: set[str],
-    busy: Mapping[str, str],
-    locked: Collection[str],
-    start: float,
-) -> BatchReport:
-    ids = [r.device_id for r in requests]
-    refused = {device_id: why for device_id, why in busy.items() if device_id not in done}
-    pending = [r for r in requests if r.device_id not in done and r.device_id not in refused]
-    clean_leftovers(bundles_dir, [r.device_id for r in pending], vault, locked)
+    refused: Mapping[str, str],
+    bundles_dir: Path,
+    policy: FleetPolicy,
+) -> list[DeviceResult]:
+    """The results of the devices this run does not build: refused (being flashed) or
+    skipped (done), in batch order."""
     results: list[DeviceResult] = []
     for device_id in ids:
         if device_id in refused:
-            failed = DeviceResult(device_id, "failed", error=refused[device_id])
-            results.append(failed)
-            if on_result:
-                on_result(failed)
+            results.append(DeviceResult(device_id, "failed", error=refused[device_id]))
         elif device_id in done:
             # only a flashed device is kept with other settings (an unflashed one is rebuilt)
             changed = [c for c in _changed_settings(bundles_dir / device_id, policy)
@@ -435,30 +448,8 @@ def _run(
                 f"already flashed with another {', '.join(changed)} than this run's: kept "
                 "(a flashed device changes only by OTA)" if changed else None
             )
-            skipped = DeviceResult(device_id, "skipped", note=note)
-            results.append(skipped)
-            if on_result:
-                on_result(skipped)
-    job = _Job(bundles_dir, vault, policy, ca)
-    recorded: set[str] = set()
-    try:
-        with contextlib.closing(_results(job, pending, jobs or os.cpu_count() or 1)) as stream:
-            for result in stream:
-                if result.status == "built":
-                    os.sync()  # the bundle's files are on disk before the registry says "done"
-                    _record(registry, policy, result)
-                    recorded.add(result.device_id)
-                results.append(result)
-                if on_result:
-                    on_result(result)
-    except BaseException:
-        # Ctrl-C or a failure: the workers are stopped (closing the stream terminates the
-        # pool); leave no bundle or vault file that the registry does not vouch for.
-        # (each under its own lock: the directories locked above were replaced by now)
-        unrecorded = [r.device_id for r in pending if r.device_id not in recorded]
-        clean_leftovers(bundles_dir, unrecorded, vault)
-        raise
-    return BatchReport(tuple(results), time.perf_counter() - start)
+            results.append(DeviceResult(device_id, "skipped", note=note))
+    return results
 
 
 def _results(
