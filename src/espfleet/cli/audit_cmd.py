@@ -6,16 +6,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from espfleet.audit.findings import EfuseFinding, Finding, Severity, printable
-from espfleet.audit.known_secrets import KnownSecret
 from espfleet.chips import chip_facts, chip_names
 from espfleet.cli._context import get_passphrase
 from espfleet.cli._errors import EXIT_FAILED
 from espfleet.cli._output import echo_json
 from espfleet.errors import InputError
+
+if TYPE_CHECKING:
+    from espfleet.audit.known_secrets import KnownSecret
 
 __all__ = ["audit"]
 
