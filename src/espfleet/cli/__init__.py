@@ -32,6 +32,21 @@ COMMANDS: dict[str, str] = {
     "demo": "espfleet.cli.demo_cmd:demo",
 }
 
+#: command name -> the first sentence of its help, for ``espfleet --help``: listing the
+#: commands must not import them (provision/flash/cert pull in SQLAlchemy, alembic and the
+#: provisioning stack). tests/cli/test_root_help.py keeps these equal to the commands' own.
+SUMMARIES: dict[str, str] = {
+    "init": "Create a fleet workspace in DIRECTORY (new or empty).",
+    "ca": "The fleet certificate authority (root, issuing CA, CRL, server certificates).",
+    "cert": "Device certificates issued by the fleet's issuing CA.",
+    "inspect": "Decode FILE as an image, partition table, otadata, NVS, nvs_keys or eFuse image.",
+    "provision": "Build a secure bundle per device in bundles/<device-id>/.",
+    "flash": "Flash DEVICE_ID's bundle onto the chip on PORT.",
+    "vdev": "Virtual ESP32 devices: create, serve to esptool/espefuse, boot, dump.",
+    "audit": "Audit a flash read-out or a chip's eFuses (exit 1 on findings >= --fail-on).",
+    "demo": "Rehearse the factory path on virtual ESP32s, offline.",
+}
+
 
 class _LazyGroup(click.Group):
     """A group whose subcommands are imported on first use."""
@@ -47,6 +62,16 @@ class _LazyGroup(click.Group):
         command = getattr(importlib.import_module(module_name), attr)
         assert isinstance(command, click.Command)
         return command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """Click's listing, from :data:`SUMMARIES` instead of importing every command."""
+        limit = formatter.width - 6 - max(len(name) for name in COMMANDS)
+        rows = [
+            (name, click.Command(name, help=SUMMARIES[name]).get_short_help_str(limit))
+            for name in COMMANDS
+        ]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
 
     def invoke(self, ctx: click.Context) -> object:
         return run_guarded(ctx, lambda: super(_LazyGroup, self).invoke(ctx))
