@@ -157,7 +157,8 @@ class Workspace:
         """Create a workspace at ``path`` (which must not exist or be an empty directory).
 
         Everything is built in a temporary directory first: a failure or a kill leaves
-        no workspace (at worst a hidden ``.espfleet-init-*`` directory)."""
+        no workspace (at worst a hidden ``.espfleet-init-*`` or ``.<name>.partial-*``
+        directory)."""
         config = FleetConfig(
             org=org,
             chip=chip,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from cryptography import x509
 
-from espfleet._io import atomic_write, atomic_write_text
+from espfleet._io import atomic_directory, atomic_write, atomic_write_text
 from espfleet.backend.registry import Registry
 from espfleet.errors import WorkspaceError, WorkspaceExistsError
 from espfleet.pki.ca import CertificateAuthority, new_hierarchy, utcnow
@@ -45,8 +45,8 @@ def create_at(target: Path, config: FleetConfig, passphrase: bytes) -> None:
     """Create the workspace at ``target`` (absolute; must not exist or be an empty dir).
 
     A failure or a kill leaves no workspace: at worst a hidden ``.espfleet-init-*``
-    directory. Into an existing empty directory the entries are moved one by one,
-    fleet.toml (what marks a workspace) last."""
+    (or, for a new directory, ``.<name>.partial-*``) directory. Into an existing empty
+    directory the entries are moved one by one, fleet.toml (what marks a workspace) last."""
     refuse_existing(target)
     try:
         _create(target, config, passphrase)
@@ -66,17 +66,10 @@ def _create(target: Path, config: FleetConfig, passphrase: bytes) -> None:
             for name in names:  # fleet.toml last: it is what marks a workspace
                 os.rename(staging / name, target / name)
         finally:
-            _remove_tree(staging)
+            shutil.rmtree(staging, ignore_errors=True)
     else:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        prefix = f".{target.name}.espfleet-init-"
-        staging = Path(tempfile.mkdtemp(prefix=prefix, dir=target.parent))
-        try:
+        with atomic_directory(target) as staging:
             populate(staging, config, passphrase)
-            os.rename(staging, target)
-        except BaseException:
-            _remove_tree(staging)
-            raise
 
 
 def refuse_existing(target: Path) -> None:
@@ -90,10 +83,6 @@ def refuse_existing(target: Path) -> None:
             f"{target} exists and is not an empty directory: refusing to create a workspace "
             "there; choose a new or empty directory"
         )
-
-
-def _remove_tree(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def populate(root: Path, config: FleetConfig, passphrase: bytes) -> None:
