@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -103,6 +104,15 @@ def test_overlapping_artifacts_are_refused() -> None:
 def test_device_id_must_match_mac() -> None:
     with pytest.raises(ProvisioningError, match="does not match chip"):
         Manifest(**{**vars(_manifest(_images())), "mac": "02:aa:bb:cc:dd:02"})
+
+
+def test_tampered_manifest_mac_is_refused(tmp_path: Path) -> None:
+    """A manifest MAC cut short never reaches the flasher (which compares it to the chip)."""
+    path = _write(tmp_path)
+    manifest = json.loads((path / "manifest.json").read_text())
+    (path / "manifest.json").write_text(json.dumps({**manifest, "mac": "02:aa:bb"}))
+    with pytest.raises(InputError, match="not a MAC address"):
+        load_bundle(path)
 
 
 def test_wipe_secrets(tmp_path: Path) -> None:

@@ -27,7 +27,6 @@ from espfleet.provisioning.esptool_driver import ChipIdentity, ChipSession, Memo
 from espfleet.provisioning.flash_journal import JOURNAL_NAME, FlashJournal
 from espfleet.provisioning.flasher import FlashImage, FlashJob, execute, inspect_chip
 from espfleet.provisioning.macs import LOCAL_PREFIX
-from espfleet.provisioning.preflight import normalize_mac
 
 MAC = bytes.fromhex("24a1600a1b2c")
 DIGEST = bytes(range(0x80, 0xA0))
@@ -398,8 +397,3 @@ def test_crypt_counter_spent_by_earlier_plaintext_reflash_refused(tmp_path: Path
     _refused(tmp_path, job("esp32s3", "development"), s,
              r"SPI_BOOT_CRYPT_CNT is already 0x3, and eFuse bits cannot be cleared")
 
-
-def test_bad_manifest_mac_is_a_damaged_bundle() -> None:
-    with pytest.raises(FlashError, match="not a MAC address"):
-        normalize_mac("24:a1:60")
-    assert normalize_mac("24-A1-60-0A-1B-2C") == MAC == normalize_mac("24a1600a1b2c")

@@ -27,6 +27,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from espfleet.device_id import format_mac
 from espfleet.errors import FlashError
 from espfleet.provisioning.espefuse_driver import EfuseDriver, silenced_esptool
 
@@ -110,7 +111,7 @@ class ChipIdentity:
 
     @property
     def mac_text(self) -> str:
-        return ":".join(f"{b:02x}" for b in self.mac)
+        return format_mac(self.mac)
 
     @property
     def revision_text(self) -> str:

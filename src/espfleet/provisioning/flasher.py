@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from espfleet.chips import chip_facts
+from espfleet.device_id import parse_mac
 from espfleet.errors import EspfleetError, FlashError
 from espfleet.provisioning.bundle import Bundle
 from espfleet.provisioning.efuse_plan import (
@@ -36,7 +37,6 @@ from espfleet.provisioning.preflight import (
     StepCheck,
     assess_steps,
     check_identity,
-    normalize_mac,
     pending,
 )
 
@@ -116,7 +116,7 @@ class FlashJob:
         return cls(
             device_id=manifest.device_id,
             chip=manifest.chip,
-            mac=normalize_mac(manifest.mac),
+            mac=parse_mac(manifest.mac),
             plan=manifest.efuse_plan,
             images=tuple(
                 FlashImage(a.name, a.offset, bundle.images[a.name], a.encrypted)

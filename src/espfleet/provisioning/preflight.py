@@ -14,13 +14,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from espfleet.chips import chip_facts
+from espfleet.device_id import device_id_for, format_mac
 from espfleet.errors import FlashError
 from espfleet.provisioning.efuse_plan import EfusePlan, EfuseStep
 from espfleet.provisioning.espefuse_driver import EfuseState
 from espfleet.provisioning.esptool_driver import ChipIdentity
 from espfleet.provisioning.macs import LOCAL_PREFIX
 
-__all__ = ["StepCheck", "assess_steps", "check_identity", "normalize_mac", "pending"]
+__all__ = ["StepCheck", "assess_steps", "check_identity", "pending"]
 
 #: Key purposes that mean "no key here".
 _FREE_PURPOSES = ("USER", "0", "None", "")
@@ -33,20 +34,6 @@ class StepCheck:
     step: EfuseStep
     done: bool
     note: str = ""
-
-
-def normalize_mac(mac: bytes | str) -> bytes:
-    """6 MAC bytes from bytes, ``24:a1:60:0a:1b:2c``, ``24-a1-..`` or 12 hex digits."""
-    if isinstance(mac, bytes):
-        raw = mac
-    else:
-        try:
-            raw = bytes.fromhex(mac.replace(":", "").replace("-", "").strip())
-        except ValueError:
-            raw = b""
-    if len(raw) != 6:
-        raise FlashError(f"{mac!r} is not a MAC address: the bundle manifest is damaged")
-    return raw
 
 
 def check_identity(
@@ -88,10 +75,10 @@ def check_identity(
             f"{identity.flash_size}; nothing was changed"
         )
     if identity.mac != mac and mac[:3] == LOCAL_PREFIX:
-        own = f"{identity.chip}-{identity.mac.hex()}"
+        own = device_id_for(identity.chip, identity.mac)
         raise FlashError(
             f"{device_id}'s bundle was made by `espfleet provision --count` for an allocated "
-            f"MAC ({':'.join(f'{b:02x}' for b in mac)}) that no chip has from the factory "
+            f"MAC ({format_mac(mac)}) that no chip has from the factory "
             "(only a virtual chip created with `espfleet vdev create --mac`); the chip on "
             f"{port} is {own} (MAC {identity.mac_text}): provision real boards by their own "
             f"MAC (`espfleet provision --device-id {own}`, or a --macs list); nothing was "
@@ -100,8 +87,8 @@ def check_identity(
     if identity.mac != mac:
         raise FlashError(
             f"the chip on {port} has MAC {identity.mac_text}, not {device_id}'s "
-            f"{':'.join(f'{b:02x}' for b in mac)}: this is another device; flash the bundle "
-            f"made for it (espfleet flash {identity.chip}-{identity.mac.hex()}) or provision "
+            f"{format_mac(mac)}: this is another device; flash the bundle made for it "
+            f"(espfleet flash {device_id_for(identity.chip, identity.mac)}) or provision "
             "one with `espfleet provision --macs`; nothing was changed"
         )
 
