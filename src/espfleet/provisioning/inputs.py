@@ -23,6 +23,7 @@ it decides whether the images can make a secure device and says what to fix:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,10 +130,8 @@ def load_firmware(path: Path, *, bootloader: Path | None = None) -> FirmwareSour
     else:
         source = _load_platformio(path)
     if bootloader is not None:
-        source = FirmwareSource(
-            source.kind, source.origin, source.app, _read(bootloader, "--bootloader"),
-            "--bootloader", source.partition_table, source.table_offset, source.chip,
-            source.flash_size,
+        source = dataclasses.replace(
+            source, bootloader=_read(bootloader, "--bootloader"), bootloader_origin="--bootloader"
         )
     return source
 
