@@ -24,10 +24,7 @@ _FIX_FLASH_ENCRYPTION = (
 )
 
 PAGE = 4096
-_PT_MAGIC = b"\xaa\x50"  # partition_table.MAGIC
-_PT_MD5_ROW = b"\xeb\xeb"
-
-_IMAGE_MAGIC = 0xE9
+_PT_MD5_ROW = partition_table.MD5_ROW_PREFIX[:2]
 _APP_ALIGN = 0x10000
 
 
@@ -56,7 +53,7 @@ def _table_rows_end(data: bytes, offset: int) -> int:
     """End of the AA 50 rows at ``offset`` plus an MD5 row right after them, if any."""
     end = offset
     limit = min(len(data), offset + partition_table.TABLE_LENGTH)
-    while end + 32 <= limit and data[end : end + 2] == _PT_MAGIC:
+    while end + 32 <= limit and data[end : end + 2] == partition_table.MAGIC:
         end += 32
     if end + 32 <= limit and data[end : end + 2] == _PT_MD5_ROW:
         end += 32
@@ -65,7 +62,7 @@ def _table_rows_end(data: bytes, offset: int) -> int:
 
 def _partition_tables(data: bytes) -> Iterator[Finding]:
     for offset in range(0, len(data) - 32, PAGE):
-        if data[offset : offset + 2] != _PT_MAGIC:
+        if data[offset : offset + 2] != partition_table.MAGIC:
             continue
         end = _table_rows_end(data, offset)
         # What follows the table (0xFF, or garbage in a tampered dump) is not decoded.
@@ -94,7 +91,7 @@ def _partition_tables(data: bytes) -> Iterator[Finding]:
 
 
 def _image_header_ok(data: bytes, offset: int) -> bool:
-    if offset + 32 > len(data) or data[offset] != _IMAGE_MAGIC:
+    if offset + 32 > len(data) or data[offset] != app_image.IMAGE_MAGIC:
         return False
     segments, spi_mode, _size_freq, entry = struct.unpack_from("<BBBI", data, offset + 1)
     chip_id, _min_rev = struct.unpack_from("<HB", data, offset + 12)
