@@ -168,10 +168,10 @@ def requests_for(
         requests.append(DeviceRequest(chip, parsed.mac, wifi_ssid, wifi_pass))
     new: list[bytes] = []
     resumed = 0
+    records = registry.list_devices() if registry is not None else None
     if count is not None:
-        if registry is None:
+        if records is None:
             raise InputError("--count needs the registry to allocate MACs")
-        records = registry.list_devices()
         unfinished = unfinished_allocations(records, chip)[:count]
         resumed = len(unfinished)
         for record in unfinished:
@@ -180,16 +180,16 @@ def requests_for(
             used = [bytes.fromhex(r.mac) for r in records if r.mac]
             new = allocate_macs(count - resumed, used)
             requests += [DeviceRequest(chip, mac, wifi_ssid, wifi_pass) for mac in new]
-    seen: dict[str, int] = {}
-    for index, request in enumerate(requests):
+    seen: set[str] = set()
+    for request in requests:
         if request.device_id in seen:
             raise InputError(
                 f"device {request.device_id} (MAC {format_mac(request.mac)}) is listed twice: "
                 "every device needs its own MAC"
             )
-        seen[request.device_id] = index
-    if registry is not None:
-        _refuse_mac_conflicts(registry, requests)
+        seen.add(request.device_id)
+    if records is not None:
+        _refuse_mac_conflicts(records, requests)
     return Allocation(tuple(requests), tuple(new), resumed)
 
 
@@ -205,8 +205,7 @@ def unfinished_allocations(records: Sequence[Any], chip: str) -> list[Any]:
     ]
 
 
-def _refuse_mac_conflicts(registry: Any, requests: Sequence[DeviceRequest]) -> None:
-    records = registry.list_devices()
+def _refuse_mac_conflicts(records: Sequence[Any], requests: Sequence[DeviceRequest]) -> None:
     by_mac = {r.mac: r.device_id for r in records if r.mac}
     retired = {r.device_id: r.status for r in records if r.status in RETIRED_STATUSES}
     for request in requests:
