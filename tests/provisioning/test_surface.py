@@ -12,7 +12,7 @@ SURFACE = {
     "bundle": {"Artifact", "Bundle", "CertificateInfo", "FirmwareInfo", "KeyFingerprints",
                "KeyPolicy", "MANIFEST_NAME", "MERGED_NAME", "Manifest", "SEALED_SECRETS",
                "load_bundle", "merge_images", "wipe_secrets", "write_bundle"},
-    "vault": {"DeviceSecrets", "Vault"},
+    "vault": {"DeviceSecrets", "Vault", "shred"},
     "efuse_plan": {"Action", "EfusePlan", "EfuseStep", "Mode", "Phase", "plan_for",
                    "SOURCE_FLASH_ENCRYPTION_KEY", "SOURCE_SECURE_BOOT_DIGEST"},
     "identity": {"DeviceIdentity", "NVS_NAMESPACE", "NvsKey", "REQUIRED_KEYS",

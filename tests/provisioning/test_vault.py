@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from espfleet.errors import InputError, PassphraseError, ProvisioningError
-from espfleet.provisioning.vault import DeviceSecrets, Vault
+from espfleet.provisioning.vault import DeviceSecrets, Vault, shred
 
 DEV = "esp32-02aabbccdd01"
 OTHER = "esp32-02aabbccdd02"
@@ -97,3 +97,17 @@ def test_seal_unseal_round_trip(
 def test_missing_vault_without_create(tmp_path: Path) -> None:
     with pytest.raises(ProvisioningError, match="no key vault"):
         Vault.open(tmp_path / "vault", b"whatever123", create=False)
+
+
+def test_disk_readout_after_shred_finds_no_sealed_bytes(tmp_path: Path) -> None:
+    """shred overwrites the file's own blocks before unlinking it: a second link to the
+    same inode (what a disk read-out would still see) no longer holds the sealed bytes."""
+    sealed = tmp_path / "device.sealed"
+    sealed.write_bytes(b"SEALED-SECRET" * 100)
+    other_link = tmp_path / "readout"
+    os.link(sealed, other_link)
+    shred(sealed)
+    shred(sealed)  # idempotent
+    assert not sealed.exists()
+    left = other_link.read_bytes()
+    assert len(left) == 1300 and b"SEALED-SECRET" not in left

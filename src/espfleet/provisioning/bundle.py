@@ -34,6 +34,7 @@ from espfleet.chips import chip_facts
 from espfleet.device_id import format_mac, parse_device_id, parse_mac
 from espfleet.errors import InputError, ProvisioningError
 from espfleet.provisioning.efuse_plan import EfusePlan, Mode
+from espfleet.provisioning.vault import shred
 
 __all__ = [
     "MANIFEST_NAME",
@@ -318,9 +319,5 @@ def wipe_secrets(path: Path) -> None:
     if not secrets_dir.exists():
         return
     for item in secrets_dir.iterdir():
-        size = item.stat().st_size
-        with item.open("r+b") as fh:
-            fh.write(os.urandom(size))
-            fh.flush()
-            os.fsync(fh.fileno())
+        shred(item)
     shutil.rmtree(secrets_dir)

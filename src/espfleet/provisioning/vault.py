@@ -34,7 +34,7 @@ from espfleet._io import atomic_write
 from espfleet.device_id import parse_device_id
 from espfleet.errors import InputError, PassphraseError, ProvisioningError
 
-__all__ = ["DeviceSecrets", "Vault"]
+__all__ = ["DeviceSecrets", "Vault", "shred"]
 
 _MAGIC = b"EFV1"
 _NONCE_LEN = 12
@@ -181,14 +181,19 @@ class Vault:
 
     def destroy(self, device_id: str) -> None:
         """Overwrite and delete the device's sealed secrets (idempotent)."""
-        path = self.path_for(device_id)
-        with contextlib.suppress(FileNotFoundError):
-            size = path.stat().st_size
-            with path.open("r+b") as fh:
-                fh.write(os.urandom(size))
-                fh.flush()
-                os.fsync(fh.fileno())
-            path.unlink()
+        shred(self.path_for(device_id))
+
+
+def shred(path: Path) -> None:
+    """Overwrite ``path`` with random bytes (synced), then delete it; a missing file is
+    fine. A sealed secret is not left readable in the freed blocks."""
+    with contextlib.suppress(FileNotFoundError):
+        size = path.stat().st_size
+        with path.open("r+b") as fh:
+            fh.write(os.urandom(size))
+            fh.flush()
+            os.fsync(fh.fileno())
+        path.unlink()
 
 
 def _derive(passphrase: bytes, salt: bytes, cost: dict[str, Any]) -> bytes:
