@@ -4,6 +4,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -32,6 +33,24 @@ def test_wrong_passphrase_names_the_file() -> None:
     pem = encrypt_private_key(KEY, b"right passphrase")
     with pytest.raises(PassphraseError, match=r"does not decrypt pki/x\.key\.pem"):
         decrypt_private_key(pem, b"wrong passphrase", name="pki/x.key.pem")
+
+
+def test_wrong_passphrase_that_decrypts_to_padded_garbage_is_a_passphrase_error() -> None:
+    """About 1 wrong passphrase in 200 decrypts to validly padded garbage, which
+    cryptography reports as undecodable key data, not as a wrong password: it must still
+    be a PassphraseError (exit 2), not advice to restore a key that is fine."""
+    pem = encrypt_private_key(KEY, b"right passphrase")
+    for i in range(5000):
+        wrong = b"wrong passphrase %d" % i
+        try:
+            serialization.load_pem_private_key(pem, wrong)
+        except ValueError as error:
+            if "password" not in str(error).lower():
+                break
+    else:
+        pytest.fail("no wrong passphrase decrypted to padded garbage in 5000 tries")
+    with pytest.raises(PassphraseError, match=r"does not decrypt pki/x\.key\.pem to a private"):
+        decrypt_private_key(pem, wrong, name="pki/x.key.pem")
 
 
 def test_plain_key_in_the_workspace_is_refused() -> None:

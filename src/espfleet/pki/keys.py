@@ -90,7 +90,12 @@ def decrypt_private_key(data: bytes, passphrase: bytes, *, name: str) -> Private
             raise PassphraseError(
                 f"the passphrase does not decrypt {name}: check ESPFLEET_PASSPHRASE"
             ) from None
-        raise PkiError(f"{name} is not a readable private key ({error}): restore it") from None
+        # A wrong passphrase ends here too (about 1 in 200) when the garbage it decrypts
+        # to happens to be validly padded: this is not proof of a damaged file.
+        raise PassphraseError(
+            f"the passphrase does not decrypt {name} to a private key: check "
+            f"ESPFLEET_PASSPHRASE; if it is right, {name} is damaged: restore it from a backup"
+        ) from None
     except TypeError as error:
         raise InputError(f"cannot load {name}: {error}") from None
     if not isinstance(key, PrivateKey):
