@@ -369,6 +369,21 @@ def test_swapped_ca_chain_cannot_ride_along_with_a_reseal(
         Workspace.open(fleet_workspace)
 
 
+def test_swapped_issuing_key_is_not_resealed(
+    fleet_workspace: Path, tmp_path: Path, snapshot: Snapshot
+) -> None:
+    """Another CA's key (same passphrase) in place of pki/issuing-ca.key.pem must not
+    re-sign the manifest, even with a deliberate fleet.toml edit to accept."""
+    other = Workspace.create(tmp_path / "other", org="Test Fleet", passphrase=PASS)
+    shutil.copy(other.root / "pki/issuing-ca.key.pem", fleet_workspace / "pki/issuing-ca.key.pem")
+    toml = fleet_workspace / "fleet.toml"
+    toml.write_text(toml.read_text().replace("device_days = 730", "device_days = 365"))
+    before = snapshot(fleet_workspace)
+    with pytest.raises(WorkspaceError, match="issuing CA key does not match the issuing CA cert"):
+        Workspace.reseal(fleet_workspace, PASS)
+    assert snapshot(fleet_workspace) == before
+
+
 def test_damaged_manifest_is_re_signed_only_when_asked_by_its_unsafe_name(
     fleet_workspace: Path, snapshot: Snapshot
 ) -> None:

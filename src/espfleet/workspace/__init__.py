@@ -346,8 +346,15 @@ class Workspace:
         _check_issued_by(issuing, root_cert)
         cls(root, config)._check_chip_of_devices()
         key = read_private_key(root / ISSUING_KEY, passphrase, name=ISSUING_KEY)
-        if public_key_pem(key) != public_key_pem(issuing.public_key()):  # type: ignore[arg-type]
-            raise WorkspaceError(f"{ISSUING_KEY} does not match {ISSUING_CERT}: restore pki/")
+        try:  # refuses a key that is not the issuing certificate's (a swapped key file)
+            authority = CertificateAuthority(
+                **authority_fields(config),
+                root_cert=root_cert,
+                issuing_cert=issuing,
+                issuing_key=key,
+            )
+        except PkiError as error:
+            raise WorkspaceError(str(error)) from None
         try:
             changed = changed_files(root, SIGNED_FILES, issuing)
         except WorkspaceError:
@@ -369,9 +376,6 @@ class Workspace:
             if certificate_hosts(read_certificate(root / cert_name, name=cert_name))
             != set(server_hosts(config, name))
         ]
-        authority = CertificateAuthority(
-            **authority_fields(config), root_cert=root_cert, issuing_cert=issuing, issuing_key=key
-        )
         reissued = issue_server_certs(root, config, authority, passphrase, stale)
         atomic_write(root / MANIFEST, build_manifest(root, SIGNED_FILES, key))
         cls.open(root)
