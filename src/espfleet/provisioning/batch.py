@@ -135,13 +135,13 @@ def _build_one(request: DeviceRequest) -> DeviceResult:
     start = time.perf_counter()
     device_id = request.device_id
     try:
-        return _build(job, job.vault, request, start)
+        return _build(job, request, start)
     except EspfleetError as error:
         return DeviceResult(device_id, "failed", time.perf_counter() - start, str(error))
 
 
-def _build(job: _Job, vault: Vault, request: DeviceRequest, start: float) -> DeviceResult:
-    policy = job.policy
+def _build(job: _Job, request: DeviceRequest, start: float) -> DeviceResult:
+    policy, vault = job.policy, job.vault
     device_id = request.device_id
     fe_key = secrets.token_bytes(policy.fe_key_len)
     issued = job.ca.issue_device_cert(device_id)
