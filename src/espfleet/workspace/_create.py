@@ -15,7 +15,7 @@ from espfleet._io import atomic_directory, atomic_write, atomic_write_text
 from espfleet.backend.registry import Registry
 from espfleet.errors import WorkspaceError, WorkspaceExistsError
 from espfleet.pki.ca import CertificateAuthority, new_hierarchy, utcnow
-from espfleet.pki.keys import encrypt_private_key, generate_rsa3072_key, public_key_pem
+from espfleet.pki.keys import generate_rsa3072_key, public_key_pem
 from espfleet.pki.store import write_certificate, write_private_key
 from espfleet.workspace.config import FleetConfig, render_fleet_toml
 from espfleet.workspace.layout import (
@@ -110,7 +110,7 @@ def populate(root: Path, config: FleetConfig, passphrase: bytes) -> None:
     issue_server_certs(root, config, authority, passphrase, SERVERS, now=now)
     atomic_write(root / CRL, authority.sign_crl([], number=1, now=now))
     signing = generate_rsa3072_key()
-    atomic_write(root / SIGNING_KEY, encrypt_private_key(signing, passphrase), mode=0o600)
+    write_private_key(root / SIGNING_KEY, signing, passphrase)
     atomic_write(root / SIGNING_PUB, public_key_pem(signing))
     atomic_write_text(root / FLEET_TOML, render_fleet_toml(config))
     atomic_write_text(root / ".gitignore", GITIGNORE)
