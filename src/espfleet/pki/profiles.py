@@ -92,7 +92,6 @@ def _build(
     path_length: int | None,
     ca: bool,
     extensions: Sequence[tuple[x509.ExtensionType, bool]] = (),
-    serial: int | None = None,
 ) -> x509.Certificate:
     if days <= 0:
         raise InputError(f"a certificate lifetime must be at least one day, got {days}")
@@ -106,7 +105,7 @@ def _build(
         .subject_name(subject)
         .issuer_name(issuer_name)
         .public_key(public_key)
-        .serial_number(serial if serial is not None else x509.random_serial_number())
+        .serial_number(x509.random_serial_number())
         .not_valid_before(not_before)
         .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=ca, path_length=path_length), critical=True)
@@ -181,7 +180,6 @@ def _end_entity(
     days: int,
     now: dt.datetime,
     issuer: _Issuer,
-    serial: int | None = None,
 ) -> x509.Certificate:
     return _build(
         subject=subject,
@@ -191,7 +189,6 @@ def _end_entity(
         days=days,
         path_length=None,
         ca=False,
-        serial=serial,
         extensions=[
             (_key_usage(signing=True, ca=False), True),
             (x509.ExtendedKeyUsage([usage]), False),
@@ -230,11 +227,10 @@ def device_certificate(
     now: dt.datetime,
     issuer_cert: x509.Certificate,
     issuer_key: PrivateKey,
-    serial: int | None = None,
 ) -> x509.Certificate:
     """Device (MQTT client) certificate: CN = device id, EKU clientAuth."""
     return _end_entity(
         public_key, subject=_name(org, device_id), usage=ExtendedKeyUsageOID.CLIENT_AUTH,
         names=[x509.DNSName(device_id)], days=days, now=now,
-        issuer=_Issuer(issuer_cert, issuer_key), serial=serial,
+        issuer=_Issuer(issuer_cert, issuer_key),
     )
