@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -163,6 +164,26 @@ def test_plaintext_wifi_pmk_in_nvs_is_a_secret(kit: Any) -> None:
     secrets = [f for f in scan_flash(bytes(dump)).findings if f.kind == "nvs-secret"]
     assert len(secrets) == 1 and "'sta.pmk'" in secrets[0].message
     assert secrets[0].severity == Severity.CRITICAL
+
+
+def test_plaintext_nvs_v1_blob_secret_is_reported_with_its_value(tmp_path: Path) -> None:
+    """A page-version-1 NVS (older ESP-IDF) keeps blobs as type 0x41 with the data in
+    the entries after the header: the finding covers those bytes, not the 8-byte header."""
+    from esp_idf_nvs_partition_gen import nvs_partition_gen as gen
+
+    out_path = tmp_path / "nvs.bin"
+    with open(out_path, "wb") as out:
+        nvs = gen.nvs_open(out, 0x3000, gen.Page.VERSION1, is_encrypt=False, key=None)
+        gen.write_entry(nvs, "identity", "namespace", "", "")
+        gen.write_entry(nvs, "wifi_psk", "data", "hex2bin", "5a" * 32)
+        gen.nvs_close(nvs)
+    dump = bytearray(b"\xff" * 0x10000)
+    dump[0x9000 : 0x9000 + 0x3000] = out_path.read_bytes()
+    secrets = [f for f in scan_flash(bytes(dump)).findings if f.kind == "nvs-secret"]
+    assert len(secrets) == 1 and "'wifi_psk' (type 0x41, 32 bytes)" in secrets[0].message
+    assert secrets[0].length == 32 + 32
+    start = secrets[0].offset
+    assert bytes(dump[start + 32 : start + 64]) == b"\x5a" * 32
 
 
 def test_terminal_escape_planted_in_nvs_does_not_reach_the_report(kit: Any) -> None:

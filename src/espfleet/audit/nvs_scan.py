@@ -22,6 +22,16 @@ from espfleet.audit.findings import Finding, Severity
 from espfleet.audit.secrets_scan import redact
 from espfleet.errors import FormatError, InputError
 from espfleet.formats import nvs, nvs_keys
+from espfleet.formats._nvs_reader import (
+    ENTRIES_PER_PAGE,
+    READABLE_PAGES,
+    STATE_WRITTEN,
+    TYPE_BLOB_DATA,
+    TYPE_BLOB_INDEX,
+    TYPE_CODES,
+    TYPE_STRING,
+    VARIABLE,
+)
 from espfleet.formats.nvs_keys import NvsKeys
 
 __all__ = ["NvsEntry", "nvs_entries", "scan_nvs"]
@@ -36,10 +46,7 @@ _FIX_NVS_KEYS = (
 )
 
 PAGE = 4096
-_NVS_ACTIVE_STATES = {0xFFFFFFFE, 0xFFFFFFFC, 0xFFFFFFF8}
-_NVS_ENTRIES = 126
-_NVS_STRING, _NVS_BLOB_DATA, _NVS_BLOB_INDEX = 0x21, 0x42, 0x48
-_NVS_TYPES = {0x01, 0x11, 0x02, 0x12, 0x04, 0x14, 0x08, 0x18, 0x21, 0x41, 0x42, 0x48}
+_NVS_TYPES = {*TYPE_CODES, TYPE_BLOB_DATA, TYPE_BLOB_INDEX}
 #: Key names that hold secrets (ESP-IDF's Wi-Fi driver keeps ``sta.pswd`` and the PSK
 #: derived from it, ``sta.pmk``, as good as the password, in NVS namespace nvs.net80211).
 _SECRET_KEY_NAME = re.compile(
@@ -71,7 +78,7 @@ class NvsEntry:
 
 def _nvs_page_ok(data: bytes, offset: int) -> bool:
     state, stored_crc = struct.unpack_from("<I24xI", data, offset)
-    return state in _NVS_ACTIVE_STATES and stored_crc == _crc(data[offset + 4 : offset + 28])
+    return state in READABLE_PAGES and stored_crc == _crc(data[offset + 4 : offset + 28])
 
 
 def nvs_entries(data: bytes, page: int) -> list[NvsEntry]:
@@ -83,21 +90,21 @@ def nvs_entries(data: bytes, page: int) -> list[NvsEntry]:
     bitmap = data[page + 32 : page + 64]
     entries: list[NvsEntry] = []
     index = 0
-    while index < _NVS_ENTRIES:
+    while index < ENTRIES_PER_PAGE:
         state = (bitmap[index // 4] >> ((index % 4) * 2)) & 3
         base = page + 64 + 32 * index
         raw = data[base : base + 32]
-        if state != 2 or len(raw) < 32:
+        if state != STATE_WRITTEN or len(raw) < 32:
             index += 1
             continue
         ns, etype, span = raw[0], raw[1], raw[2]
         crc_ok = struct.unpack_from("<I", raw, 4)[0] == _crc(raw[0:4] + raw[8:32])
-        if not crc_ok or etype not in _NVS_TYPES or not 1 <= span <= _NVS_ENTRIES - index:
+        if not crc_ok or etype not in _NVS_TYPES or not 1 <= span <= ENTRIES_PER_PAGE - index:
             index += 1
             continue
         key = raw[8:24].split(b"\x00")[0].decode("ascii", "replace")
         value = raw[24:32]
-        if etype in (_NVS_STRING, _NVS_BLOB_DATA):
+        if etype in VARIABLE:
             size = struct.unpack_from("<H", raw, 24)[0]
             value = data[base + 32 : base + 32 + min(size, 32 * (span - 1))]
         entries.append(NvsEntry(base, ns, etype, key, value))
@@ -163,7 +170,7 @@ def _readable_region(
 ) -> list[Finding]:
     # An all-zero or erased value is a placeholder (nvs_partition_gen writes sta.pmk as
     # 32 zero bytes when it has no password), not a secret.
-    secrets = [e for e in entries if e.looks_secret and e.type != _NVS_BLOB_INDEX
+    secrets = [e for e in entries if e.looks_secret and e.type != TYPE_BLOB_INDEX
                and e.value.strip(b"\x00\xff")]
     findings = [Finding(
         Severity.HIGH,
@@ -183,7 +190,7 @@ def _readable_region(
             32 + len(entry.value),
             f"plaintext NVS entry {entry.key!r} (type 0x{entry.type:02x}, "
             f"{len(entry.value)} bytes) holds what its name says is a secret"
-            + (f": {redact(entry.value.rstrip(bytes(1)))}" if entry.type == _NVS_STRING else ""),
+            + (f": {redact(entry.value.rstrip(bytes(1)))}" if entry.type == TYPE_STRING else ""),
             _FIX_NVS,
         ))
     return findings
