@@ -94,11 +94,9 @@ class EntropyMap:
     def render(self, width: int = 64) -> list[str]:
         """One line per ``width`` blocks: the offset, then one symbol per block."""
         symbols = "".join(b.cls.symbol for b in self.blocks)
-        step = width * self.block_size
         return [
             f"0x{i * self.block_size:08x} {symbols[i : i + width]}"
             for i in range(0, len(symbols), width)
-            if step
         ]
 
     def to_json(self) -> dict[str, Any]:
