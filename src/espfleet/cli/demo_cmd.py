@@ -50,10 +50,13 @@ def demo(ctx: click.Context, devices: int, chip: str, keep: bool, as_json: bool)
         _summary(report)
     if not report.ok:
         failed = next((s for s in report.steps if not s.ok), None)
-        raise EspfleetError(
-            f"the demo failed at '{failed.name}'" if failed else "the demo did not finish"
-            + "; run with --keep to inspect the workspace"
+        what = f"the demo failed at '{failed.name}'" if failed else "the demo did not finish"
+        where = (
+            f"the workspace is kept at {report.workspace}"
+            if report.kept
+            else "run with --keep to inspect the workspace"
         )
+        raise EspfleetError(f"{what}; {where}")
 
 
 def _summary(report: DemoReport) -> None:
