@@ -122,6 +122,21 @@ def test_wipe_secrets(tmp_path: Path) -> None:
     assert load_bundle(path).sealed_secrets is None
 
 
+def test_symlinked_secrets_dir_in_a_copied_bundle_does_not_wipe_its_target(
+    tmp_path: Path,
+) -> None:
+    """A bundle whose secrets/ names another directory: the destroy policy's wipe after
+    flashing removes the link and overwrites nothing there."""
+    path = _write(tmp_path, sealed=None)
+    elsewhere = tmp_path / "documents"
+    elsewhere.mkdir()
+    (elsewhere / "notes.txt").write_bytes(b"keep me")
+    (path / "secrets").symlink_to(elsewhere, target_is_directory=True)
+    wipe_secrets(path)
+    assert not (path / "secrets").exists()
+    assert (elsewhere / "notes.txt").read_bytes() == b"keep me"
+
+
 @settings(max_examples=40, deadline=None)
 @given(
     sizes=st.lists(st.integers(1, 0x3000), min_size=1, max_size=6),

@@ -111,3 +111,13 @@ def test_disk_readout_after_shred_finds_no_sealed_bytes(tmp_path: Path) -> None:
     assert not sealed.exists()
     left = other_link.read_bytes()
     assert len(left) == 1300 and b"SEALED-SECRET" not in left
+
+
+def test_symlinked_sealed_file_does_not_make_shred_overwrite_its_target(tmp_path: Path) -> None:
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(b"not a secret of espfleet")
+    link = tmp_path / "device.sealed"
+    link.symlink_to(victim)
+    shred(link)
+    assert not link.is_symlink()
+    assert victim.read_bytes() == b"not a secret of espfleet"

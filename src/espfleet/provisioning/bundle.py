@@ -316,6 +316,9 @@ def _read_verified(path: Path, art: Artifact) -> bytes:
 def wipe_secrets(path: Path) -> None:
     """Overwrite and delete the bundle's sealed secrets (destroy policy, after flashing)."""
     secrets_dir = Path(path) / SECRETS_DIR
+    if secrets_dir.is_symlink():  # never follow it: it could name any directory
+        secrets_dir.unlink()
+        return
     if not secrets_dir.exists():
         return
     for item in secrets_dir.iterdir():

@@ -23,6 +23,7 @@ import contextlib
 import hashlib
 import json
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -185,15 +186,22 @@ class Vault:
 
 
 def shred(path: Path) -> None:
-    """Overwrite ``path`` with random bytes (synced), then delete it; a missing file is
-    fine. A sealed secret is not left readable in the freed blocks."""
-    with contextlib.suppress(FileNotFoundError):
-        size = path.stat().st_size
-        with path.open("r+b") as fh:
-            fh.write(os.urandom(size))
+    """Overwrite the file ``path`` with random bytes (synced), then delete it; a missing
+    file is fine. A sealed secret is not left readable in the freed blocks. A symlink is
+    only removed, never followed: a bundle copied from elsewhere must not make this
+    overwrite a file outside it."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISREG(info.st_mode):
+        fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(os.urandom(info.st_size))
             fh.flush()
             os.fsync(fh.fileno())
-        path.unlink()
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
 
 
 def _derive(passphrase: bytes, salt: bytes, cost: dict[str, Any]) -> bytes:
