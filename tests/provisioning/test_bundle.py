@@ -106,6 +106,19 @@ def test_device_id_must_match_mac() -> None:
         Manifest(**{**vars(_manifest(_images())), "mac": "02:aa:bb:cc:dd:02"})
 
 
+@pytest.mark.parametrize("file", ["../../vault/kdf.json", "/etc/passwd", ".hidden.bin", ""])
+def test_tampered_manifest_artifact_outside_the_bundle_is_refused(
+    tmp_path: Path, file: str
+) -> None:
+    """An edited manifest cannot make load_bundle read (and flash) a file from elsewhere."""
+    path = _write(tmp_path)
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["artifacts"][0]["file"] = file
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ProvisioningError, match="not a plain file name"):
+        load_bundle(path)
+
+
 def test_tampered_manifest_mac_is_refused(tmp_path: Path) -> None:
     """A manifest MAC cut short never reaches the flasher (which compares it to the chip)."""
     path = _write(tmp_path)
