@@ -395,11 +395,10 @@ def _check_extra_digests(ctx: _Context) -> Iterator[EfuseFinding]:
 
 
 def _check_revocations(ctx: _Context) -> Iterator[EfuseFinding]:
-    facts = ctx.facts
-    if not ctx.release or facts.sb_digest_purposes is None:
+    if not ctx.release:
         return
-    for purpose, revoke in zip(facts.sb_digest_purposes, facts.sb_revoke_fields, strict=True):
-        if _key_blocks(ctx, purpose) or ctx.value(revoke):
+    for purpose, revoke, blocks in _slot_blocks(ctx):
+        if blocks or ctx.value(revoke):
             continue
         yield ctx.finding(
             Severity.HIGH, "sb-slot-not-revoked", revoke, "0", "1",
