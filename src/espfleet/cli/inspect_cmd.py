@@ -92,13 +92,13 @@ def _otadata(data: bytes, options: _Options) -> Report:
     from espfleet.formats import otadata
 
     ota = otadata.decode(data)
+    erased = _erased_sectors(data)
     entries: list[dict[str, Any] | None] = []
     out = _table("", "sector", "ota_seq", "state", "slot", "label")
     for sector, entry in enumerate(ota.entries):
         if entry is None:
-            erased = sector in _erased_sectors(data)
             entries.append(None)
-            state = "erased" if erased else "bad CRC: ignored by the bootloader"
+            state = "erased" if sector in erased else "bad CRC: ignored by the bootloader"
             out.add_row(str(sector), "-", state, "-", "")
             continue
         slot = entry.slot(options.ota_slots)
@@ -110,7 +110,7 @@ def _otadata(data: bytes, options: _Options) -> Report:
     document = {"entries": entries, "active_sector": ota.active_index(), "boot_slot": boot}
     target = f"ota_{boot}" if boot is not None else "factory (or ota_0 without one)"
     title = f"otadata: the bootloader boots {target} (with {options.ota_slots} OTA slots)"
-    if all(entry is None for entry in entries) and not _erased_sectors(data):
+    if all(entry is None for entry in entries) and not erased:
         title += (
             "; neither sector is valid nor erased: if FILE is flash-encrypted (a bundle's "
             "otadata.bin, a dump), decrypt it with --flash-key, --chip and --address"
