@@ -89,7 +89,7 @@ class FlashJournal:
         return self.data.get("burn_started_mac") == mac
 
     def begin(self, *, port: str, mac: str) -> None:
-        self.data.update(status="in_progress", port=port, mac=mac, error=None, updated=_now())
+        self.data.update(status="in_progress", port=port, mac=mac, error=None)
         self.data.setdefault("started", _now())
         self._save()
 
@@ -103,7 +103,7 @@ class FlashJournal:
         self._save()
 
     def finish(self, status: str, error: str | None = None) -> None:
-        self.data.update(status=status, error=error, updated=_now())
+        self.data.update(status=status, error=error)
         self._save()
 
     def _save(self) -> None:
