@@ -3,28 +3,16 @@
 The key comes from the eFuse *hardware shadow* (see :mod:`espfleet.device.efuse`),
 never from the register view: a read-protected key reads as zeros to software but
 the engine still has it. The math is espfleet's format codec
-(:mod:`espfleet.formats.flash_encryption`) when present, else espsecure behind the
-same signature.
+(:mod:`espfleet.formats.flash_encryption`, byte-identical to espsecure).
 """
 
 from __future__ import annotations
-
-import importlib
-import io
-from collections.abc import Callable
-from typing import Protocol
 
 from espfleet.chips import chip_facts
 from espfleet.device.efuse import EfuseController
 from espfleet.errors import DeviceError, InputError
 
 __all__ = ["KeyPurposes", "alignment", "crypt", "engine_key", "flash_crypt_config"]
-
-
-class _Codec(Protocol):
-    def __call__(
-        self, data: bytes, key: bytes, address: int, chip: str, flash_crypt_conf: int
-    ) -> bytes: ...
 
 
 #: XTS chips: KEY_PURPOSE_n values the engine takes keys from (espefuse's numbering).
@@ -67,28 +55,6 @@ def engine_key(efuse: EfuseController) -> bytes | None:
     return None
 
 
-def _espsecure(decrypt: bool) -> _Codec:
-    def run(data: bytes, key: bytes, address: int, chip: str, flash_crypt_conf: int) -> bytes:
-        import espsecure
-
-        xts = chip_facts(chip).encryption_scheme == "xts-aes"
-        out = io.BytesIO()
-        func = espsecure.decrypt_flash_data if decrypt else espsecure.encrypt_flash_data
-        func(io.BytesIO(key), out, address, flash_crypt_conf, xts, io.BytesIO(data))
-        return out.getvalue()[: len(data)]
-
-    return run
-
-
-def _codec(decrypt: bool) -> _Codec:
-    try:
-        module = importlib.import_module("espfleet.formats.flash_encryption")
-        func: _Codec = module.decrypt if decrypt else module.encrypt
-        return func
-    except (ImportError, AttributeError):
-        return _espsecure(decrypt)
-
-
 def crypt(efuse: EfuseController, address: int, data: bytes, *, decrypt: bool) -> bytes:
     """Run ``data`` at flash ``address`` through the engine with the chip's key."""
     key = engine_key(efuse)
@@ -102,7 +68,9 @@ def crypt(efuse: EfuseController, address: int, data: bytes, *, decrypt: bool) -
         raise DeviceError(
             f"flash-encryption access {address:#x}+{len(data):#x} is not {align}-byte aligned"
         )
-    codec: Callable[..., bytes] = _codec(decrypt)
+    from espfleet.formats import flash_encryption  # numpy: loaded on first use only
+
+    codec = flash_encryption.decrypt if decrypt else flash_encryption.encrypt
     try:
         return codec(data, key, address, efuse.chip, flash_crypt_config(efuse))
     except InputError as error:  # e.g. a burned key XTS cannot use
