@@ -128,10 +128,6 @@ class EfuseDriver:
         esp = espefuse.get_esp(chip=chip, virt=True, virt_efuse_file=str(efuse_file))
         return cls(esp, chip)
 
-    @property
-    def esp(self) -> Any:
-        return self._esp
-
     def _commands(self) -> Any:
         import espefuse
         import esptool
