@@ -176,6 +176,21 @@ def test_nvs_human_output(tmp_path: Path) -> None:
     assert "esp32-24a1600a1b2c" in result.stdout and "(1200 bytes)" in result.stdout
 
 
+def test_markup_and_escape_planted_in_nvs_neither_crash_nor_reach_the_terminal(
+    tmp_path: Path,
+) -> None:
+    """An NVS value comes from the file (a dump is attacker-controlled): rich markup in
+    it is shown as text (an unmatched closing tag crashed inspect with a traceback), and
+    an escape sequence is shown as '?'."""
+    path = tmp_path / "nvs.bin"
+    planted = "[/oops] [bold red]RED \x1b[2J"
+    path.write_bytes(nvs.write({"cfg": {"note": NvsValue("string", planted)}}, 0x3000))
+    result = run(path, "--as", "nvs")
+    assert result.exit_code == 0, result.output
+    assert "[/oops] [bold red]RED ?[2J" in result.stdout
+    assert "\x1b" not in result.stdout
+
+
 def test_encrypted_nvs_with_keys_file(tmp_path: Path) -> None:
     keys = NvsKeys.generate()
     (tmp_path / "nvs.bin").write_bytes(nvs.write(NAMESPACES, 0x6000, keys))

@@ -16,7 +16,9 @@ from typing import Any
 
 import click
 from rich.table import Table
+from rich.text import Text
 
+from espfleet.audit.findings import printable
 from espfleet.chips import CHIPS, chip_names
 from espfleet.cli._output import console, echo_json
 from espfleet.errors import EspfleetError, FormatError, InputError
@@ -56,6 +58,13 @@ def _table(title: str, *columns: str) -> Table:
     return table
 
 
+def _row(table: Table, *cells: str) -> None:
+    """Add cells as plain, printable text: names, keys and values come from FILE, and
+    rich markup (``[/x]``, ``[red]``) or a terminal escape sequence planted in them must
+    neither style nor crash the output, nor reach the terminal."""
+    table.add_row(*(Text(printable(cell)) for cell in cells))
+
+
 def _hex(value: int) -> str:
     return f"{value:#x}"
 
@@ -83,7 +92,7 @@ def _partitions(data: bytes, _: _Options) -> Report:
         flags = ", ".join(
             f for f, on in (("encrypted", p.encrypted), ("readonly", p.readonly)) if on
         )
-        out.add_row(p.name, p.type_name, p.subtype_name, _hex(p.offset), _hex(p.size), flags)
+        _row(out, p.name, p.type_name, p.subtype_name, _hex(p.offset), _hex(p.size), flags)
     title = f"Partition table: {len(rows)} entries, ends at {_hex(table.flash_end())}"
     return Report({"partitions": rows}, title, (out,))
 
@@ -99,13 +108,13 @@ def _otadata(data: bytes, options: _Options) -> Report:
         if entry is None:
             entries.append(None)
             state = "erased" if sector in erased else "bad CRC: ignored by the bootloader"
-            out.add_row(str(sector), "-", state, "-", "")
+            _row(out, str(sector), "-", state, "-", "")
             continue
         slot = entry.slot(options.ota_slots)
         entries.append(
             {"seq": entry.seq, "state": entry.state.name, "slot": slot, "label": entry.label.hex()}
         )
-        out.add_row(str(sector), str(entry.seq), entry.state.name, f"ota_{slot}", entry.label.hex())
+        _row(out, str(sector), str(entry.seq), entry.state.name, f"ota_{slot}", entry.label.hex())
     boot = otadata.boot_slot(ota, options.ota_slots)
     document = {"entries": entries, "active_sector": ota.active_index(), "boot_slot": boot}
     target = f"ota_{boot}" if boot is not None else "factory (or ota_0 without one)"
@@ -157,7 +166,7 @@ def _nvs(data: bytes, options: _Options) -> Report:
                 shown = f"{raw[:32].hex()}{more} ({len(raw)} bytes)"
             else:
                 shown = str(raw)
-            out.add_row(ns, key, value.type, shown)
+            _row(out, ns, key, value.type, shown)
     count = sum(len(entries) for entries in namespaces.values())
     how = "encrypted, decrypted with the given nvs_keys" if keys is not None else "plaintext"
     title = f"NVS ({how}): {len(namespaces)} namespaces, {count} keys"
@@ -203,9 +212,9 @@ def _image(data: bytes, options: _Options) -> Report:
     }
     summary = _table("", "field", "value")
     for name in ("chip", "kind", "min_rev_full", "max_rev_full", "checksum_ok", "sha256_ok"):
-        summary.add_row(name, str(document[name]))
-    summary.add_row("entry", _hex(image.entry))
-    summary.add_row("sha256", document["sha256"])
+        _row(summary, name, str(document[name]))
+    _row(summary, "entry", _hex(image.entry))
+    _row(summary, "sha256", document["sha256"])
     if image.app_desc is not None:
         desc = image.app_desc
         document["app_desc"] = {
@@ -218,15 +227,15 @@ def _image(data: bytes, options: _Options) -> Report:
             "app_elf_sha256": desc.app_elf_sha256.hex(),
         }
         for name, value in document["app_desc"].items():
-            summary.add_row(name, str(value))
+            _row(summary, name, str(value))
     segments = _table("Segments", "#", "load address", "length", "file offset")
     for n, s in enumerate(image.segments):
-        segments.add_row(str(n), _hex(s.load_address), _hex(s.length), _hex(s.data_offset))
+        _row(segments, str(n), _hex(s.load_address), _hex(s.length), _hex(s.data_offset))
     signatures = _table(
         "Secure Boot V2 signature blocks", "#", "scheme", "key digest (eFuse)", "CRC", "signature"
     )
     for block in document["signatures"]:
-        signatures.add_row(
+        _row(signatures,
             str(block["index"]), block["scheme"], block["key_digest"],
             "ok" if block["crc_ok"] else "BAD", "valid" if block["verifies"] else "INVALID",
         )  # fmt: skip
@@ -300,7 +309,7 @@ def _efuse(data: bytes, options: _Options) -> Report:
     }
     out = _table("", "field", "value")
     for name, value in fields.items():
-        out.add_row(name, str(value))
+        _row(out, name, str(value))
     title = (
         f"eFuse ({image.chip} v{image.chip_revision // 100}.{image.chip_revision % 100}): "
         f"flash encryption {'on' if image.crypt_cnt_enabled else 'off'}, secure boot "
