@@ -19,7 +19,7 @@ from espfleet.device.flash import SECTOR_SIZE, NorFlash
 from espfleet.errors import InputError
 
 if TYPE_CHECKING:
-    from espfleet.formats.efuse import EfuseImage  # type: ignore[import-not-found, unused-ignore]
+    from espfleet.formats.efuse import EfuseImage
 
 __all__ = [
     "DownloadMode",
@@ -171,7 +171,7 @@ class VirtualChip:
         self.partition_table_offset = check_table_offset(
             self.facts, flash.size, partition_table_offset
         )
-        #: Virtual console: the boot log (D2's boot appends here) and ROM loader notes.
+        #: Virtual console: the boot log (:mod:`espfleet.device.boot`) and ROM loader notes.
         self.console: list[str] = []
         self.download_mode: DownloadMode = "normal"
         self.reset()
@@ -189,7 +189,7 @@ class VirtualChip:
         """A factory-fresh chip: erased flash, blank eFuses but its MAC and revision."""
         facts = chip_facts(chip)
         if revision is None:
-            revision = chip_facts(chip).virtual_default_revision
+            revision = facts.virtual_default_revision
         if not 0 <= revision <= 399 or revision % 100 > 15:
             raise InputError(f"chip revision {revision} is not major*100+minor (e.g. 300)")
         if mac is None:
