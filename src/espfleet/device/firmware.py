@@ -113,7 +113,7 @@ class Firmware:
         claimed = parse_device_id(identity.device_id)
         if claimed.chip is None:
             return
-        own = f"{self.chip.chip}-{self.chip.mac.hex()}"
+        own = self.chip.device_id
         if identity.device_id != own:
             raise DeviceError(
                 f"self-test failed: the NVS identity is {identity.device_id} but this chip is "
