@@ -64,6 +64,7 @@ class RomModel:
 
 _ROM_FACTS: dict[str, dict[str, Any]] = {
     "esp32": {
+        "begin_has_encrypt_flag": False,
         "apb_ctl_date_addr": 0x3FF6607C,
         "loader_disable_fields": ("UART_DOWNLOAD_DIS",),
         "loader_disable_min_revision": 300,
@@ -72,6 +73,7 @@ _ROM_FACTS: dict[str, dict[str, Any]] = {
         "mac_crc_field": "MAC_CRC",
     },
     "esp32s3": {
+        "begin_has_encrypt_flag": True,
         "apb_ctl_date_addr": None,
         "loader_disable_fields": ("DIS_DOWNLOAD_MODE",),
         "loader_disable_min_revision": 0,
@@ -80,6 +82,7 @@ _ROM_FACTS: dict[str, dict[str, Any]] = {
         "mac_crc_field": None,
     },
     "esp32c3": {
+        "begin_has_encrypt_flag": True,
         "apb_ctl_date_addr": None,
         "loader_disable_fields": ("DIS_DOWNLOAD_MODE",),
         "loader_disable_min_revision": 0,
@@ -105,7 +108,6 @@ def rom_model(chip: str) -> RomModel:
         spi_base=int(rom.SPI_REG_BASE),
         spi_usr2_offs=int(rom.SPI_USR2_OFFS),
         spi_w0_offs=int(rom.SPI_W0_OFFS),
-        begin_has_encrypt_flag=chip != "esp32",
         **extra,
     )
 
