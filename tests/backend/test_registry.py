@@ -243,3 +243,38 @@ def test_parallel_processes_record_without_locking_errors(url: str) -> None:
     assert counts == [15, 15]
     with Registry.open(url) as reg:
         assert len(reg.certificates()) == 30
+
+
+def _provisioned(registry: Registry, serial: str, bundle: str) -> None:
+    registry.record_provisioned(
+        DEVICE, chip="esp32", mac="24a1600a1b2c", mode="release",
+        recovery_secret_hash="scrypt$...", bundle_sha256=bundle, serial=serial,
+        not_before=NOW, not_after=NOW + dt.timedelta(days=730),
+        fingerprint_sha256=serial.rjust(64, "0"),
+    )
+
+
+def test_record_provisioned_creates_then_rebuilds_superseding_the_certificate(
+    registry: Registry,
+) -> None:
+    add_cert(registry, "c0")  # `cert issue` registered the board first
+    _provisioned(registry, "b1", "11" * 32)
+    device = registry.get_device(DEVICE)
+    assert device is not None
+    assert (device.status, device.mode, device.bundle_sha256) == ("provisioned", "release",
+                                                                  "11" * 32)
+    _provisioned(registry, "b2", "22" * 32)  # an unflashed device rebuilt
+    assert registry.get_device(DEVICE).bundle_sha256 == "22" * 32  # type: ignore[union-attr]
+    statuses = {c.serial: c.status for c in registry.certificates(device_id=DEVICE)}
+    assert statuses == {"c0": "superseded", "b1": "superseded", "b2": "active"}
+
+
+def test_record_provisioned_with_a_taken_serial_leaves_the_device_unchanged(
+    registry: Registry,
+) -> None:
+    _provisioned(registry, "b1", "11" * 32)
+    add_cert(registry, "x9", device_id="esp32s3-000000000001")
+    with pytest.raises(RegistryError, match="conflicting record"):
+        _provisioned(registry, "x9", "22" * 32)
+    assert registry.get_device(DEVICE).bundle_sha256 == "11" * 32  # type: ignore[union-attr]
+    assert registry.active_certificate(DEVICE, at=NOW).serial == "b1"  # type: ignore[union-attr]

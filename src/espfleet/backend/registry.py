@@ -262,6 +262,46 @@ class Registry:
                 query = query.where(Device.status == status)
             return [_device_record(row) for row in session.scalars(query)]
 
+    def record_provisioned(
+        self,
+        device_id: str,
+        *,
+        chip: str,
+        mac: str,
+        mode: str,
+        recovery_secret_hash: str,
+        bundle_sha256: str,
+        serial: str,
+        not_before: dt.datetime,
+        not_after: dt.datetime,
+        fingerprint_sha256: str,
+    ) -> DeviceRecord:
+        """One transaction for a built bundle: the device (created or updated) becomes
+        ``provisioned`` with its bundle hash, and the bundle's certificate becomes its
+        active one (a previous active device certificate is ``superseded``)."""
+        _check(mode, DEVICE_MODES, "device mode")
+        stamp = _now()
+        with self.transaction() as session:
+            row = session.get(Device, device_id)
+            if row is None:
+                row = Device(device_id=device_id, chip=chip, created_at=stamp)
+                session.add(row)
+            row.mac = mac
+            row.status = "provisioned"
+            row.mode = mode
+            row.recovery_secret_hash = recovery_secret_hash
+            row.bundle_sha256 = bundle_sha256
+            row.updated_at = stamp
+            for old in self._active(session, device_id):
+                old.status = "superseded"
+            session.add(Certificate(
+                serial=serial, device_id=device_id, kind="device", status="active",
+                not_before=not_before, not_after=not_after,
+                fingerprint_sha256=fingerprint_sha256,
+            ))
+            session.flush()
+            return _device_record(row)
+
     # -- certificates ----------------------------------------------------------
 
     def add_certificate(

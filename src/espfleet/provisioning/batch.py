@@ -36,10 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from sqlalchemy import select
-
 from espfleet._io import atomic_directory
-from espfleet.backend.models import Certificate, Device
 from espfleet.backend.registry import Registry
 from espfleet.errors import EspfleetError, FlashError, InputError, ProvisioningError
 from espfleet.formats.nvs_keys import NvsKeys
@@ -345,30 +342,15 @@ def _lock_bundles(
 
 def _record(registry: Registry, policy: FleetPolicy, result: DeviceResult) -> None:
     """One transaction: the device row (created or updated) and its certificate."""
-    now = dt.datetime.now(dt.UTC)
-    with registry.transaction() as session:
-        row = session.get(Device, result.device_id)
-        if row is None:
-            row = Device(device_id=result.device_id, chip=policy.chip, created_at=now)
-            session.add(row)
-        row.mac = result.mac
-        row.status = "provisioned"
-        row.mode = policy.mode
-        row.recovery_secret_hash = result.recovery_secret_hash
-        row.bundle_sha256 = result.bundle_sha256
-        row.updated_at = now
-        active = select(Certificate).where(
-            Certificate.device_id == result.device_id,
-            Certificate.kind == "device",
-            Certificate.status == "active",
-        )
-        for old in session.scalars(active):
-            old.status = "superseded"
-        session.add(Certificate(
-            serial=result.serial, device_id=result.device_id, kind="device", status="active",
-            not_before=result.not_before, not_after=result.not_after,
-            fingerprint_sha256=result.fingerprint_sha256,
-        ))
+    assert result.mac and result.recovery_secret_hash and result.bundle_sha256
+    assert result.serial and result.fingerprint_sha256
+    assert result.not_before is not None and result.not_after is not None
+    registry.record_provisioned(
+        result.device_id, chip=policy.chip, mac=result.mac, mode=policy.mode,
+        recovery_secret_hash=result.recovery_secret_hash, bundle_sha256=result.bundle_sha256,
+        serial=result.serial, not_before=result.not_before, not_after=result.not_after,
+        fingerprint_sha256=result.fingerprint_sha256,
+    )
 
 
 def run_batch(
