@@ -82,3 +82,35 @@ def test_release_provisioned_virtual_device_readout_gives_nothing(
                                known_secrets=known.secrets)
     assert {(f.kind, f.offset) for f in report_leaked.failing(Severity.HIGH)} >= {
         ("known-secret", 0x300000), ("der-private-key", 0x300000)}
+
+
+@pytest.mark.slow
+def test_destroy_policy_secrets_come_from_the_unflashed_bundle(
+    fleet_workspace: Path, tmp_path: Path
+) -> None:
+    """Under the destroy policy an unflashed device's keys live sealed in its bundle,
+    not in the vault: the audit still knows them (and its TLS key, from the same bundle)."""
+    from espfleet.audit.workspace_secrets import workspace_secrets
+
+    config = fleet_workspace / "fleet.toml"
+    text = config.read_text(encoding="utf-8")
+    assert 'policy = "escrow"' in text
+    config.write_text(text.replace('policy = "escrow"', 'policy = "destroy"'), encoding="utf-8")
+    resealed = CliRunner().invoke(main, ["ca", "reseal"])
+    assert resealed.exit_code == 0, resealed.output
+    workspace = Workspace.open(fleet_workspace)
+    passphrase = os.environ["ESPFLEET_PASSPHRASE"].encode()
+    firmware = demo_firmware("esp32", workspace.signing_key(passphrase))
+    app, bootloader = tmp_path / "app.bin", tmp_path / "bootloader.bin"
+    app.write_bytes(firmware.app)
+    bootloader.write_bytes(firmware.bootloader)
+    provisioned = CliRunner().invoke(main, [
+        "provision", "--count", "1", "--firmware", str(app), "--bootloader", str(bootloader),
+        "--mode", "release", "--jobs", "1", "--json"])
+    assert provisioned.exit_code == 0, provisioned.output
+    device_id = json.loads(provisioned.output)["devices"][0]["device_id"]
+    assert not any(workspace.vault_dir.glob(f"{device_id}*"))
+
+    labels = {s.label for s in workspace_secrets(workspace, passphrase, [device_id]).secrets}
+    assert {f"flash-encryption key of {device_id}", f"NVS keys of {device_id}",
+            f"TLS private key of {device_id} (PEM)"} <= labels

@@ -23,7 +23,7 @@ from espfleet.audit.known_secrets import KnownSecret
 from espfleet.errors import EspfleetError, InputError
 from espfleet.formats import nvs
 from espfleet.formats.nvs_keys import NvsKeys
-from espfleet.provisioning.bundle import MANIFEST_NAME, load_bundle
+from espfleet.provisioning.bundle import MANIFEST_NAME, Bundle, load_bundle
 from espfleet.provisioning.identity import NVS_NAMESPACE, NvsKey
 from espfleet.provisioning.vault import DeviceSecrets, Vault
 from espfleet.workspace import Workspace
@@ -60,13 +60,13 @@ def workspace_secrets(
         )
     skipped: list[str] = []
     for device_id in ids:
-        bundle_dir = workspace.bundles_dir / device_id
-        device = _device_secrets(vault, device_id, bundle_dir)
+        bundle = _bundle(workspace.bundles_dir / device_id, needed=not vault.contains(device_id))
+        device = _device_secrets(vault, device_id, bundle)
         if device is None:
             skipped.append(f"{device_id}: no keys in the vault or its bundle (destroy policy)")
             continue
         found.extend(_from_device(device_id, device))
-        found.extend(_device_private_key(device_id, device, bundle_dir))
+        found.extend(_device_private_key(device_id, device, bundle))
     return WorkspaceSecrets(tuple(found), tuple(ids), tuple(skipped))
 
 
@@ -77,13 +77,24 @@ def _known_devices(workspace: Workspace) -> list[str]:
     return sorted(ids)
 
 
-def _device_secrets(vault: Vault, device_id: str, bundle_dir: Path) -> DeviceSecrets | None:
+def _bundle(bundle_dir: Path, *, needed: bool) -> Bundle | None:
+    """The device's bundle, loaded (and verified) once for its secrets and its TLS key;
+    a damaged one is an error only when it is ``needed`` (the vault has no keys)."""
+    if not bundle_dir.is_dir():
+        return None
+    try:
+        return load_bundle(bundle_dir)
+    except EspfleetError:
+        if needed:
+            raise
+        return None
+
+
+def _device_secrets(vault: Vault, device_id: str, bundle: Bundle | None) -> DeviceSecrets | None:
     if vault.contains(device_id):
         return vault.load(device_id)
-    if bundle_dir.is_dir():
-        bundle = load_bundle(bundle_dir)
-        if bundle.sealed_secrets is not None:
-            return vault.unseal(device_id, bundle.sealed_secrets)
+    if bundle is not None and bundle.sealed_secrets is not None:
+        return vault.unseal(device_id, bundle.sealed_secrets)
     return None
 
 
@@ -124,13 +135,12 @@ def _private_key_forms(label: str, pem: bytes) -> Iterator[KnownSecret]:
 
 
 def _device_private_key(
-    device_id: str, device: DeviceSecrets, bundle_dir: Path
+    device_id: str, device: DeviceSecrets, bundle: Bundle | None
 ) -> Iterator[KnownSecret]:
     """The TLS key provisioning put into the device's encrypted NVS."""
-    if not bundle_dir.is_dir():
+    if bundle is None:
         return
     try:
-        bundle = load_bundle(bundle_dir)
         keys = NvsKeys(device.nvs_keys[:32], device.nvs_keys[32:])
         namespaces = nvs.read(bundle.image("nvs"), keys)
     except (EspfleetError, KeyError):
