@@ -224,9 +224,11 @@ def _table_elsewhere_hint(chip: VirtualChip, security: SecurityState) -> str:
         if offset == chip.partition_table_offset:
             continue
         try:
-            partition_table.PartitionTable.decode(_read_table(chip, security, offset))
+            table = partition_table.PartitionTable.decode(_read_table(chip, security, offset))
         except FormatError:
             continue
+        if not any(part.type == partition_table.APP for part in table.entries):
+            continue  # erased flash (or a blank otadata) decodes as an empty table
         return (
             f" (a valid partition table is at 0x{offset:x}: the images were built for a "
             f"bootloader with CONFIG_PARTITION_TABLE_OFFSET=0x{offset:x}, but this virtual "
