@@ -5,8 +5,9 @@ migrations (no alembic.ini on the user's side), then every method runs in its ow
 transaction: a failure leaves no row behind. Methods return frozen records
 (:class:`DeviceRecord`, :class:`CertRecord`), never live ORM objects.
 
-Used by: ``espfleet cert`` (issue/revoke/list), provisioning (``add_device``,
-``update_device``), the backend (renewal, recovery, audits).
+Used by: ``espfleet cert`` (issue/revoke/list), ``espfleet provision``
+(``record_provisioned``), ``espfleet flash`` (``add_device``, ``update_device``), the
+backend (renewal, recovery, audits).
 """
 
 from __future__ import annotations

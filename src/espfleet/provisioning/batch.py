@@ -1,6 +1,7 @@
 """The batch runner: provision many devices in parallel processes, resumably.
 
-Per device, in a worker process (CA key and vault key loaded once per worker):
+Per device, in a worker process (the CA and vault keys are loaded once, in the parent,
+and inherited by the forked workers):
 
 1. fresh secrets from the OS CSPRNG, a P-256 key and certificate from the issuing CA;
 2. :func:`~espfleet.provisioning.plan.plan_device` builds every image in memory;

@@ -5,7 +5,7 @@
 
     {"v": 1, "device_id", "chip", "mode", "mac", "flash_size", "key_policy",
      "artifacts": [{"name", "file", "offset", "size", "sha256", "encrypted"}],
-     "merged": {"file", "size", "sha256"} | null,
+     "merged": {"name", "file", "offset", "size", "sha256", "encrypted"} | null,
      "efuse_plan": EfusePlan.to_json(),
      "certificate": {"serial", "fingerprint_sha256", "not_after"},
      "key_fingerprints": {"flash_encryption_key_sha256", "nvs_keys_sha256",

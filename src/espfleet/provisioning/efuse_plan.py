@@ -27,8 +27,9 @@ Executing a step with espefuse (see :meth:`EfuseStep.espefuse_args`):
 * ``burn_key``: ``burn_key <block> <keyfile> [<purpose>]``. On ESP32 the block is
   named by its purpose alias (``flash_encryption``), which makes espefuse reverse
   the byte order and read-protect the block, as the hardware expects.
-* ``burn_key_digest``: the 32-byte public-key digest (bundle file
-  ``secure_boot_digest.bin``) burned with ``burn_key <block> digest.bin <purpose>``
+* ``burn_key_digest``: the 32-byte public-key digest (the manifest's
+  ``secure_boot_digest``, handed to espefuse in memory; on the command line a file)
+  burned with ``burn_key <block> digest.bin <purpose>``
   (ESP32: ``burn_key secure_boot_v2 digest.bin``), which is what
   ``burn_key_digest <pubkey.pem>`` does; digests are write- but never read-protected.
 * ``burn_efuse``: ``burn_efuse <field> <value>``.
