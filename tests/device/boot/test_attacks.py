@@ -70,14 +70,15 @@ def test_esp32_reads_only_the_first_signature_block(keys: list[PrivateKey]) -> N
     """ESP32 has one digest slot: a second signature cannot rescue an unknown first."""
     dev = make_device("esp32", signing_keys=keys[:1])
     dev.write_bootloader(dev.bootloader(keys=[keys[1], keys[0]]))
-    _refused_at(dev, "rom")
+    reason = _refused_at(dev, "rom")
+    assert "block 0: its key is not in any eFuse digest slot" in reason
 
 
 def test_tampered_signed_bootloader_is_refused(device: Device) -> None:
     image = bytearray(device.bootloader())
     image[0x40] ^= 0x01  # inside the first segment, before the checksum: re-fix nothing
     device.write_bootloader(bytes(image))
-    _refused_at(device, "rom")
+    assert "checksum/SHA-256 mismatch" in _refused_at(device, "rom")
 
 
 def test_plaintext_image_on_release_chip_does_not_boot(device: Device) -> None:
@@ -101,7 +102,7 @@ def test_image_encrypted_with_another_devices_key_does_not_boot(device: Device) 
     )
     device.chip.flash.erase(0x1000, 0x7000)
     device.chip.flash.program(0x1000, other)
-    _refused_at(device, "rom")
+    assert "invalid header" in _refused_at(device, "rom")
 
 
 # --- second stage: partition table ---------------------------------------------------
@@ -218,7 +219,11 @@ def test_app_with_partition_table_pointing_elsewhere_still_needs_signature(
     ]
     device.write(0x8000, PartitionTable(tuple(entries)).encode())
     device.write(device.part("ota_0").offset + 0x10000, device.app("6.6.6", keys=[keys[1]]))
-    _refused_at(device, "bootloader")
+    assert "no bootable app" in _refused_at(device, "bootloader")
+    assert any(
+        line.startswith("E (") and "secure_boot_v2: signature verification failed" in line
+        for line in device.chip.console
+    )
 
 
 @pytest.mark.parametrize("chip_name", ["esp32", "esp32s3"])
