@@ -32,6 +32,9 @@ def test_parse_plain_list_with_comments_and_wifi_columns() -> None:
 def test_parse_with_header_in_any_column_order() -> None:
     entries = parse_mac_list("wifi_ssid,mac\nlab,24:a1:60:0a:1b:2c\n")
     assert entries[0].mac.hex() == "24a1600a1b2c" and entries[0].wifi_ssid == "lab"
+    aliased = parse_mac_list("Base_MAC,SSID,Password\n24:a1:60:0a:1b:2c,lab,pw-123456\n")
+    assert (aliased[0].mac.hex(), aliased[0].wifi_ssid, aliased[0].wifi_pass) == (
+        "24a1600a1b2c", "lab", "pw-123456")
 
 
 def test_malformed_line_reports_its_number() -> None:

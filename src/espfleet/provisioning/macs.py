@@ -40,7 +40,7 @@ MAC_STRIDE = 4
 #: ESP-IDF's wifi_config_t: ssid[32], password[64] (64 = a raw hex PSK).
 WIFI_SSID_MAX = 32
 WIFI_PASS_MAX = 64
-_COLUMNS = {"mac": "mac", "wifi_ssid": "wifi_ssid", "ssid": "wifi_ssid",
+_COLUMNS = {"mac": "mac", "base_mac": "mac", "wifi_ssid": "wifi_ssid", "ssid": "wifi_ssid",
             "wifi_pass": "wifi_pass", "wifi_password": "wifi_pass", "password": "wifi_pass"}
 
 
@@ -102,7 +102,8 @@ def parse_mac_list(text: str, *, source: str = "MAC list") -> tuple[MacEntry, ..
         if delimiter is None:
             delimiter = ";" if ";" in line and "," not in line else ","
         fields = [f.strip() for f in next(csv.reader(io.StringIO(line), delimiter=delimiter))]
-        if columns is None and not entries and {"mac", "base_mac"} & {f.lower() for f in fields}:
+        is_header = any(_COLUMNS.get(f.lower()) == "mac" for f in fields)
+        if columns is None and not entries and is_header:
             columns = _header(fields, source, number)
             continue
         names = columns or ["mac", "wifi_ssid", "wifi_pass"]
@@ -142,7 +143,7 @@ def parse_mac_list(text: str, *, source: str = "MAC list") -> tuple[MacEntry, ..
 def _header(fields: list[str], source: str, number: int) -> list[str]:
     names = []
     for name in fields:
-        key = _COLUMNS.get(name.lower(), "mac" if name.lower() == "base_mac" else None)
+        key = _COLUMNS.get(name.lower())
         if key is None:
             raise InputError(
                 f"{source} line {number}: unknown column {name!r}; use mac, wifi_ssid, wifi_pass"
