@@ -20,6 +20,7 @@ from espfleet.errors import InputError
 from espfleet.pki.crl import REVOCATION_REASONS
 from espfleet.pki.csr import check_csr, load_csr
 from espfleet.workspace import Workspace
+from espfleet.workspace.config import MAX_DAYS
 
 
 @click.group(name="cert")
@@ -233,13 +234,9 @@ def revoke(obj: CliContext, target: str, reason: str, as_json: bool) -> None:
     console.print(f"CRL re-signed: {result['crl']}")
 
 
-#: 100 years: beyond any certificate lifetime, and far from datetime's year 9999.
-_MAX_DAYS = 36500
-
-
 @cert.command(name="list")
 @click.option(
-    "--expiring-within", type=click.IntRange(min=0, max=_MAX_DAYS), metavar="DAYS",
+    "--expiring-within", type=click.IntRange(min=0, max=MAX_DAYS), metavar="DAYS",
     help="Only active certificates that expire within DAYS (expired ones included).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")

@@ -23,6 +23,7 @@ from espfleet.errors import InputError, WorkspaceError
 __all__ = [
     "DEFAULT_HOSTS",
     "KEY_POLICIES",
+    "MAX_DAYS",
     "SCHEMA_VERSION",
     "FleetConfig",
     "Lifetimes",
@@ -35,7 +36,7 @@ SCHEMA_VERSION = 1
 KEY_POLICIES = ("escrow", "destroy")
 DEFAULT_HOSTS = ("localhost", "127.0.0.1")
 #: No lifetime beyond 100 years (and datetime arithmetic stays far from year 9999).
-_MAX_DAYS = 36500
+MAX_DAYS = 36500
 _KIND_NAMES = {int: "an integer", str: "a string", bool: "true or false"}
 _DNS_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
 
@@ -84,9 +85,9 @@ class Lifetimes:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise InputError(f"[lifetimes] {name} must be a positive number of days")
-            if value > _MAX_DAYS:
+            if value > MAX_DAYS:
                 raise InputError(
-                    f"[lifetimes] {name} = {value} is more than {_MAX_DAYS} days (100 years): "
+                    f"[lifetimes] {name} = {value} is more than {MAX_DAYS} days (100 years): "
                     "check the number"
                 )
         if self.crl_days > self.issuing_ca_days:
