@@ -277,7 +277,7 @@ class Workspace:
         for name, (cert_name, key_name) in SERVERS.items():
             info = cert_info(cert_name, self.server_cert(name))
             info["key_path"] = str(self.root / key_name)
-            info["hosts"] = list(getattr(self.config, f"{name}_hosts"))
+            info["hosts"] = list(server_hosts(self.config, name))
             servers[name] = info
         return {
             "workspace": str(self.root),
