@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from cryptography import x509
 
 from espfleet._io import atomic_write
 from espfleet.cli._context import CliContext, get_passphrase
@@ -76,7 +77,6 @@ def _undo_on_failure(out_dir: Path, paths: list[Path]) -> Iterator[None]:
 def _refuse_another_devices_files(out_dir: Path, device_id: str) -> None:
     """``out_dir`` holding another device's certificate (and maybe its only key copy,
     outside the workspace) must not be overwritten by this device's files."""
-    from cryptography import x509
     from cryptography.x509.oid import NameOID
 
     path = out_dir / "device.pem"
@@ -98,7 +98,7 @@ def _refuse_another_devices_files(out_dir: Path, device_id: str) -> None:
         )
 
 
-def _read_csr(path: Path, device_id: str) -> Any:
+def _read_csr(path: Path, device_id: str) -> x509.CertificateSigningRequest:
     try:
         data = path.read_bytes()
     except OSError as error:
