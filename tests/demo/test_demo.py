@@ -68,22 +68,12 @@ def test_demo_reports_the_failed_step_and_exits_non_zero(
     assert [s.name for s in report.steps] == ["init fleet workspace", "build demo firmware"]
     assert report.steps[-1].error == "firmware build exploded"
     assert (tmp_path / "fleet" / "fleet.toml").exists()  # a given workspace is kept
-
-
-def test_demo_command_names_the_failed_step_and_exits_1(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import espfleet.demo as demo
-
-    def broken_firmware(tool: object, chip: str) -> dict[str, object]:
-        raise demo.DemoError("firmware build exploded")
-
-    monkeypatch.setattr(demo, "_write_demo_firmware", broken_firmware)
     monkeypatch.delenv("ESPFLEET_WORKSPACE", raising=False)
-    workspace = tmp_path / "fleet"
+    workspace = tmp_path / "fleet2"
     result = CliRunner().invoke(main, ["--workspace", str(workspace), "demo", "--devices", "1"])
     assert result.exit_code == 1
     assert (
         f"error: the demo failed at 'build demo firmware'; the workspace is kept at {workspace}"
         in result.output.replace("\n", "")
     )
+
