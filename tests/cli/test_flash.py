@@ -204,6 +204,32 @@ def test_rerun_on_flashed_development_device_is_not_a_resume_and_destroys_nothin
     assert "destroyed" not in again.output
 
 
+def test_resumed_destroy_policy_flash_wipes_the_key_without_asking_a_passphrase(
+    fleet_workspace: Path, chip: tuple[VirtualChip, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first run burned the key, then lost the link writing the images; the re-run
+    needs no key, and deleting the sealed secrets after the flash must not need the
+    passphrase either (it failed with exit 2 after a finished flash, every time)."""
+    from espfleet.errors import FlashError
+    from espfleet.provisioning.esptool_driver import EsptoolFlash
+
+    make_bundle(fleet_workspace, mode="development", policy="destroy")
+    _use_destroy_policy(monkeypatch)
+    with monkeypatch.context() as patched:
+        def link_lost(*_args: object) -> None:
+            raise FlashError("link lost while writing")
+
+        patched.setattr(EsptoolFlash, "write", link_lost)
+        first = run(DEVICE, "--port", chip[1], "--yes")
+    assert first.exit_code == 1 and "link lost" in first.output, first.output
+    assert chip[0].flash_encryption_enabled()  # the key and counter were burned
+    monkeypatch.delenv("ESPFLEET_PASSPHRASE")
+    again = run(DEVICE, "--port", chip[1], "--yes")
+    assert again.exit_code == 0, again.output
+    assert "Flash-encryption key destroyed" in again.output
+    assert not (fleet_workspace / "bundles" / DEVICE / SEALED_SECRETS).exists()
+
+
 def test_another_device_on_port_refused_exit_1(
     fleet_workspace: Path, snapshot: Callable[[Path], dict[str, str]]
 ) -> None:

@@ -26,7 +26,7 @@ from espfleet.provisioning.flash_journal import JOURNAL_NAME, FlashJournal
 from espfleet.provisioning.flasher import FlashJob, Inspection, execute, inspect_chip
 from espfleet.provisioning.preflight import pending
 from espfleet.provisioning.prepare import RETIRED_STATUSES
-from espfleet.provisioning.vault import Vault
+from espfleet.provisioning.vault import Vault, shred
 from espfleet.workspace import Workspace
 
 
@@ -55,8 +55,10 @@ class _Keys:
         return self._key
 
     def destroy(self) -> None:
+        """Wipe the device's secrets: they are deleted, not read, so no passphrase is
+        asked (a resumed run whose key was burned before never opened the vault)."""
         wipe_secrets(self.bundle.path)
-        self.vault().destroy(self.bundle.manifest.device_id)
+        shred(Vault.sealed_path(self.workspace.vault_dir, self.bundle.manifest.device_id))
 
 
 @click.command(name="flash")

@@ -161,7 +161,13 @@ class Vault:
         return DeviceSecrets.from_bytes(plain)
 
     def path_for(self, device_id: str) -> Path:
-        return self.directory / f"{parse_device_id(device_id).value}.sealed"
+        return self.sealed_path(self.directory, device_id)
+
+    @staticmethod
+    def sealed_path(directory: Path, device_id: str) -> Path:
+        """Where the vault in ``directory`` keeps ``device_id``'s secrets (no key needed:
+        deleting them must not ask for the passphrase)."""
+        return Path(directory) / f"{parse_device_id(device_id).value}.sealed"
 
     def contains(self, device_id: str) -> bool:
         return self.path_for(device_id).exists()
