@@ -98,6 +98,12 @@ def test_round_trip(eky: bytes, tky: bytes) -> None:
     except InputError:
         return
     assert nvs_keys.decode(keys.encode()) == keys
+    assert NvsKeys.from_raw(keys.raw) == keys
+
+
+def test_from_raw_of_a_wrong_length_is_refused() -> None:
+    with pytest.raises(InputError, match="64 bytes"):
+        NvsKeys.from_raw(bytes(range(1, 64)))
 
 
 @settings(max_examples=200, deadline=None)

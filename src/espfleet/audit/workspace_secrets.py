@@ -141,7 +141,7 @@ def _device_private_key(
     if bundle is None:
         return
     try:
-        keys = NvsKeys(device.nvs_keys[:32], device.nvs_keys[32:])
+        keys = NvsKeys.from_raw(device.nvs_keys)
         namespaces = nvs.read(bundle.image("nvs"), keys)
     except (EspfleetError, KeyError):
         return  # no readable identity in this bundle: the other secrets still count

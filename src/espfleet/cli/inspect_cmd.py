@@ -364,10 +364,9 @@ def _device_artifact(file: Path, device_id: str, workspace_dir: Path) -> _Device
     vault = Vault.open(workspace.vault_dir, get_passphrase(purpose="the key vault"), create=False)
     sealed = bundle.sealed_secrets
     secrets = vault.unseal(device_id, sealed) if sealed else vault.load(device_id)
-    raw = secrets.nvs_keys
     return _DeviceArtifact(
         device_id, manifest.chip, artifact.offset, artifact.encrypted,
-        secrets.flash_encryption_key, NvsKeys(raw[:32], raw[32:]),
+        secrets.flash_encryption_key, NvsKeys.from_raw(secrets.nvs_keys),
     )
 
 

@@ -57,6 +57,14 @@ class NvsKeys:
         """Fresh keys from the OS CSPRNG (never nvs_partition_gen's ``random`` keygen)."""
         return cls(secrets.token_bytes(KEY_SIZE), secrets.token_bytes(KEY_SIZE))
 
+    @classmethod
+    def from_raw(cls, raw: bytes) -> NvsKeys:
+        """The inverse of :attr:`raw`: keys from the 64-byte ``eky || tky`` (as a vault
+        entry keeps them)."""
+        if len(raw) != 2 * KEY_SIZE:
+            raise InputError(f"NVS keys are {2 * KEY_SIZE} bytes (eky || tky), not {len(raw)}")
+        return cls(raw[:KEY_SIZE], raw[KEY_SIZE:])
+
     @property
     def raw(self) -> bytes:
         """The 64-byte XTS key (``eky || tky``) that nvs_partition_gen and AES-XTS take."""
