@@ -120,11 +120,12 @@ def test_tampered_manifest_artifact_outside_the_bundle_is_refused(
 
 
 def test_tampered_manifest_mac_is_refused(tmp_path: Path) -> None:
-    """A manifest MAC cut short never reaches the flasher (which compares it to the chip)."""
+    """A manifest MAC cut short never reaches the flasher (which compares it to the chip),
+    and is reported as a damaged bundle, not as a MAC the user typed."""
     path = _write(tmp_path)
     manifest = json.loads((path / "manifest.json").read_text())
     (path / "manifest.json").write_text(json.dumps({**manifest, "mac": "02:aa:bb"}))
-    with pytest.raises(InputError, match="not a MAC address"):
+    with pytest.raises(ProvisioningError, match=r"malformed .*not a MAC address.* rebuild"):
         load_bundle(path)
 
 

@@ -199,7 +199,9 @@ class Manifest:
                 firmware=FirmwareInfo(**obj["firmware"]),
                 merged=Artifact(**obj["merged"]) if obj.get("merged") else None,
             )
-        except (KeyError, TypeError, ValueError, AttributeError) as error:
+        except (KeyError, TypeError, ValueError, AttributeError, InputError) as error:
+            # InputError: a field the constructors refuse (MAC, device id, chip, mode),
+            # whose own advice is for typed input, not for a damaged file
             raise ProvisioningError(
                 f"manifest is malformed ({error!r}): rebuild the bundle with `espfleet provision`"
             ) from None
