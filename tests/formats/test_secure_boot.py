@@ -375,6 +375,21 @@ def test_malformed_block_is_a_format_error_and_refused(signed_app: bytes) -> Non
         sb.verify_with_digests(bytes(broken), [bytes(32)])
 
 
+def test_malformed_second_block_does_not_refuse_an_esp32_image(
+    signed_app: bytes, rsa_keys: list[sb.PrivateKey]
+) -> None:
+    """ESP32's ROM reads only block 0: junk where block 1 would be must not refuse an
+    image the silicon boots (S3/C3 read all three blocks and do refuse it)."""
+    length = sb.signed_length(signed_app)
+    broken = bytearray(signed_app)
+    second = length + sb.SIGNATURE_BLOCK_SIZE
+    broken[second : second + 2] = b"\xe7\x09"  # block 1: magic, then an unknown scheme
+    digests = [sb.public_key_digest(rsa_keys[0])]
+    assert sb.verify_with_digests(bytes(broken), digests, max_blocks=1) == 0
+    with pytest.raises(SigningError, match="malformed"):
+        sb.verify_with_digests(bytes(broken), digests, max_blocks=3)
+
+
 @settings(max_examples=60, deadline=None)
 @given(st.binary(max_size=300), st.integers(min_value=1, max_value=3),
        st.sampled_from([0x02, 0x03, 0x07]), st.integers(min_value=0, max_value=2**32))

@@ -333,9 +333,11 @@ def _parse_block(raw: bytes, index: int, offset: int) -> SignatureBlock:
     return SignatureBlock(index, scheme, public, signature, image_digest, key_digest, crc_ok)
 
 
-def _blocks(image: bytes, start: int) -> list[SignatureBlock]:
+def _blocks(image: bytes, start: int, limit: int = MAX_BLOCKS) -> list[SignatureBlock]:
+    """The blocks of the signature sector at ``start``; only the first ``limit`` are
+    parsed (a chip that reads one block never looks at the others)."""
     blocks = []
-    for index in range(MAX_BLOCKS):
+    for index in range(min(limit, MAX_BLOCKS)):
         offset = start + index * SIGNATURE_BLOCK_SIZE
         raw = image[offset : offset + SIGNATURE_BLOCK_SIZE]
         if raw[0] != _MAGIC:
@@ -406,7 +408,7 @@ def verify_with_digests(
     """
     try:
         length = signed_length(image)
-        blocks = _blocks(image, length)[:max_blocks]
+        blocks = _blocks(image, length, max_blocks)
     except FormatError as exc:
         raise SigningError(f"refused: malformed signature sector: {exc}") from None
     blocks = [b for b in blocks if b.crc_ok]
