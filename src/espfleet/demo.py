@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from espfleet.device_id import format_mac, parse_device_id
 from espfleet.errors import EspfleetError, InputError
 
 __all__ = ["DemoError", "DemoReport", "DemoStep", "run_demo"]
@@ -258,8 +259,10 @@ def _write_demo_firmware(tool: _Espfleet, chip: str) -> dict[str, Any]:
 
 
 def _mac_of(device_id: str) -> str:
-    hexmac = device_id.rsplit("-", 1)[1]
-    return ":".join(hexmac[i:i + 2] for i in range(0, 12, 2))
+    mac = parse_device_id(device_id).mac
+    if mac is None:
+        raise DemoError(f"{device_id} is not a <chip>-<MAC> device id")
+    return format_mac(mac)
 
 
 def _device(
